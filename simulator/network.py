@@ -1,0 +1,309 @@
+"""A virtual network of many simulated hosts in one trio run, in virtual time.
+
+How time moves: trio runs with a ``MockClock`` that never moves by itself. A single pump task waits
+until every task is blocked (``wait_all_tasks_blocked``), then either delivers the messages due at
+the earliest pending tick or jumps the clock to trio's next deadline, whichever comes first. Messages
+therefore cost no timer each: delivery times are rounded up to a tick (1 ms by default), and one pump
+wake-up hands every message of that tick to its receiver by rescheduling the parked task directly.
+
+What is modelled: per-link latency (fixed or drawn), bandwidth (a message occupies its link for
+size/bandwidth), loss (datagrams dropped; stream segments retransmitted after ``retransmit_delay``),
+crashes (connections reset, datagrams dropped, listeners gone, the host's tasks cancelled) and
+restarts, and partitions (datagrams dropped, stream data held until the partition heals, as TCP does).
+
+Determinism: all randomness comes from RNGs seeded from the network's seed, trio's scheduler is
+seeded (``simulator.determinism``), and every delivery and fault is folded into ``trace_hash``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+import random
+import struct
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+import trio.testing
+
+from simulator.determinism import deterministic_scheduling
+from simulator.distributions import Distribution, as_distribution
+
+T = TypeVar("T")
+
+DEFAULT_TICK = 0.001
+_TRACE_RECORD = struct.Struct("<qBiiI")
+
+# Trace record kinds.
+KIND_STREAM, KIND_DATAGRAM, KIND_CONNECT, KIND_FAULT, KIND_DROP = range(5)
+
+
+class SimulationDeadlock(RuntimeError):
+    """Every task is blocked, nothing is in flight and no timer is set: the run can never progress."""
+
+
+@dataclass
+class LinkProfile:
+    """What one link between two hosts is like."""
+
+    latency: Distribution = field(default_factory=lambda: as_distribution(0.01))
+    #: Bytes per second; None for unlimited.
+    bandwidth: float | None = None
+    #: Probability that a datagram is lost (or a stream segment needs a retransmission).
+    loss: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.latency = as_distribution(self.latency)
+        if not 0.0 <= self.loss <= 1.0:
+            raise ValueError(f"loss must be in [0, 1], got {self.loss}")
+        if self.bandwidth is not None and self.bandwidth <= 0:
+            raise ValueError(f"bandwidth must be positive, got {self.bandwidth}")
+
+
+class SimNetwork:
+    """Hosts, links, faults and the delivery schedule. Run code in it with ``run_simulation``."""
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        latency: float | Distribution = 0.01,
+        bandwidth: float | None = None,
+        loss: float = 0.0,
+        tick: float = DEFAULT_TICK,
+        retransmit_delay: float = 0.2,
+        epoch: float = 1_767_225_600.0,
+        record_events: bool = False,
+    ) -> None:
+        if tick <= 0:
+            raise ValueError("tick must be positive")
+        self.seed = seed
+        self.rng = random.Random(f"network:{seed}")
+        self.default_link = LinkProfile(as_distribution(latency), bandwidth, loss)
+        self.tick = tick
+        self.retransmit_delay = retransmit_delay
+        #: Wall-clock time (Unix seconds) at virtual time 0, for ``host.wall_time()``.
+        self.epoch = epoch
+        self.hosts: dict[str, Any] = {}
+        self._hosts_by_index: list[Any] = []
+        self._links: dict[tuple[int, int], LinkProfile] = {}
+        self._link_free_at: dict[tuple[int, int], float] = {}
+        self._group: dict[int, int] = {}  # host index -> partition group; absent = group 0
+        self._held: list[tuple[int, int, Callable[..., None], Any, int]] = []
+        self._due: dict[int, list[tuple[Callable[..., None], Any]]] = {}
+        self._ticks: list[int] = []
+        self._hasher = hashlib.blake2b(digest_size=16)
+        self.events: list[tuple] | None = [] if record_events else None
+        self.messages_delivered = 0
+        self.messages_dropped = 0
+        self.nursery: trio.Nursery | None = None
+        self.clock: trio.testing.MockClock | None = None
+
+    # ----- hosts -------------------------------------------------------------------------------
+
+    def add_host(self, address: str | None = None, **host_options: Any):
+        """Create a host (up, with nothing running). ``address`` defaults to ``nodeN:4000``."""
+        from simulator.host import SimHost
+
+        index = len(self._hosts_by_index)
+        address = address or f"node{index}:4000"
+        if address in self.hosts:
+            raise ValueError(f"address {address} is already taken")
+        host = SimHost(self, index, address, **host_options)
+        self.hosts[address] = host
+        self._hosts_by_index.append(host)
+        return host
+
+    def add_hosts(self, count: int, **host_options: Any) -> list:
+        return [self.add_host(**host_options) for _ in range(count)]
+
+    def host(self, address: str):
+        return self.hosts[address]
+
+    # ----- links and faults --------------------------------------------------------------------
+
+    def set_link(
+        self,
+        a: str,
+        b: str,
+        *,
+        latency: float | Distribution | None = None,
+        bandwidth: float | None = None,
+        loss: float | None = None,
+    ) -> None:
+        """Override the link between two hosts (both directions)."""
+        base = self.default_link
+        profile = LinkProfile(
+            as_distribution(latency) if latency is not None else base.latency,
+            bandwidth if bandwidth is not None else base.bandwidth,
+            loss if loss is not None else base.loss,
+        )
+        i, j = self.hosts[a].index, self.hosts[b].index
+        self._links[(i, j)] = self._links[(j, i)] = profile
+
+    def set_default_loss(self, loss: float) -> None:
+        self.default_link = LinkProfile(self.default_link.latency, self.default_link.bandwidth, loss)
+        self.trace_fault("loss", -1, int(loss * 1e6))
+
+    def partition(self, *groups: Iterable[str]) -> None:
+        """Split the network: hosts in different groups cannot reach each other. Unlisted hosts form
+        one more group together."""
+        self._group = {}
+        for number, group in enumerate(groups, start=1):
+            for address in group:
+                self._group[self.hosts[address].index] = number
+        self.trace_fault("partition", -1, len(groups))
+
+    def heal(self) -> None:
+        """End the partition; stream data held across it is delivered now, plus latency."""
+        self._group = {}
+        self.trace_fault("heal", -1, 0)
+        held, self._held = self._held, []
+        for src, dst, deliver, payload, nbytes in held:
+            self.schedule(src, dst, nbytes, deliver, payload, KIND_STREAM)
+
+    def crash(self, address: str) -> None:
+        self.hosts[address].crash()
+
+    def restart(self, address: str) -> None:
+        self.hosts[address].restart()
+
+    def reachable(self, src: int, dst: int) -> bool:
+        group = self._group
+        return not group or group.get(src, 0) == group.get(dst, 0)
+
+    # ----- the delivery schedule ---------------------------------------------------------------
+
+    def link(self, src: int, dst: int) -> LinkProfile:
+        return self._links.get((src, dst), self.default_link)
+
+    def arrival_time(self, src: int, dst: int, nbytes: int, *, stream: bool) -> float | None:
+        """When a message sent now arrives, or None if the link loses it (datagrams only)."""
+        link = self._links.get((src, dst), self.default_link)
+        now = trio.current_time()
+        if link.loss and self.rng.random() < link.loss:
+            if not stream:
+                return None
+            now += self.retransmit_delay
+        departure = now
+        if link.bandwidth is not None:
+            key = (src, dst)
+            start = max(now, self._link_free_at.get(key, 0.0))
+            departure = start + nbytes / link.bandwidth
+            self._link_free_at[key] = departure
+        return departure + link.latency.sample(self.rng)
+
+    def schedule_at(self, when: float, deliver: Callable[[Any], None], payload: Any) -> None:
+        """Run ``deliver(payload)`` at the first tick at or after virtual time ``when``."""
+        tick = math.ceil(when / self.tick)
+        due = self._due.get(tick)
+        if due is None:
+            self._due[tick] = [(deliver, payload)]
+            heapq.heappush(self._ticks, tick)
+        else:
+            due.append((deliver, payload))
+
+    def schedule(
+        self, src: int, dst: int, nbytes: int, deliver: Callable[[Any], None], payload: Any, kind: int
+    ) -> bool:
+        """Send a message over the src->dst link; False if it was lost on the way."""
+        if not self.reachable(src, dst):
+            if kind == KIND_STREAM:
+                self._held.append((src, dst, deliver, payload, nbytes))
+                return True
+            self._drop(kind, src, dst, nbytes)
+            return False
+        when = self.arrival_time(src, dst, nbytes, stream=kind != KIND_DATAGRAM)
+        if when is None:
+            self._drop(kind, src, dst, nbytes)
+            return False
+        self.schedule_at(when, deliver, payload)
+        self.trace(kind, src, dst, nbytes)
+        return True
+
+    def _drop(self, kind: int, src: int, dst: int, nbytes: int) -> None:
+        self.messages_dropped += 1
+        self.trace(KIND_DROP, src, dst, nbytes * 8 + kind)
+
+    # ----- trace -------------------------------------------------------------------------------
+
+    def trace(self, kind: int, src: int, dst: int, size: int) -> None:
+        record = _TRACE_RECORD.pack(round(trio.current_time() * 1e9), kind, src, dst, size & 0xFFFFFFFF)
+        self._hasher.update(record)
+        if self.events is not None:
+            self.events.append((trio.current_time(), kind, src, dst, size))
+
+    def trace_fault(self, what: str, host_index: int, value: int) -> None:
+        self._hasher.update(what.encode())
+        if self.nursery is not None:
+            self.trace(KIND_FAULT, host_index, -1, value)
+
+    @property
+    def trace_hash(self) -> str:
+        """A digest of every delivery and fault so far: equal for equal runs."""
+        return self._hasher.hexdigest()
+
+    # ----- running -----------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        """Advance virtual time whenever every other task is blocked (see the module docstring)."""
+        clock = self.clock
+        assert clock is not None
+        due, ticks, tick_length = self._due, self._ticks, self.tick
+        wait_idle = trio.testing.wait_all_tasks_blocked
+        statistics = trio.lowlevel.current_statistics
+        while True:
+            await wait_idle()
+            now = clock.current_time()
+            to_deadline = statistics().seconds_to_next_deadline
+            if ticks:
+                tick = ticks[0]
+                when = tick * tick_length
+                if when - now <= to_deadline:
+                    heapq.heappop(ticks)
+                    if when > now:
+                        clock.jump(when - now)
+                    batch = due.pop(tick)
+                    self.messages_delivered += len(batch)
+                    for deliver, payload in batch:
+                        deliver(payload)
+                    continue
+            if to_deadline == math.inf:
+                raise SimulationDeadlock(
+                    f"at virtual time {now:.6f}s every task is blocked with no message in flight and no timer"
+                )
+            clock.jump(to_deadline)
+
+    def start_soon(
+        self, async_fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None
+    ) -> None:
+        assert self.nursery is not None, "the simulation is not running"
+        self.nursery.start_soon(async_fn, *args, name=name)
+
+
+def run_simulation(
+    main: Callable[[SimNetwork], Awaitable[T]], network: SimNetwork | None = None, **options
+) -> T:
+    """Run ``await main(network)`` inside a fresh simulated world and return its result.
+
+    Everything runs in one ``trio.run`` with a virtual clock and a seeded scheduler. When ``main``
+    returns, every task still running on any host is cancelled.
+    """
+    network = network if network is not None else SimNetwork(**options)
+    clock = trio.testing.MockClock()
+    network.clock = clock
+
+    async def root() -> T:
+        async with trio.open_nursery() as nursery:
+            network.nursery = nursery
+            nursery.start_soon(network._pump, name="simulator-pump")
+            result = await main(network)
+            nursery.cancel_scope.cancel()
+        network.nursery = None
+        return result
+
+    with deterministic_scheduling(network.seed):
+        return trio.run(root, clock=clock)

@@ -1,0 +1,181 @@
+"""The real host: TCP streams, UDP datagrams, worker threads and the system clock.
+
+This is the only module of ``tesseract/`` allowed to touch sockets, threads and the wall clock
+directly (a test checks that). A node binds TCP and UDP on the same port, so one ``host:port``
+reaches it for both.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import trio
+
+from tesseract.net.address import format_address, parse_address
+from tesseract.net.errors import FrameTooLarge, PeerUnavailable
+from tesseract.net.host import MAX_DATAGRAM_SIZE, Bridge, Host, Stream, StreamHandler, Transport
+
+T = TypeVar("T")
+
+#: How much a single receive asks the kernel for; large enough to move big tensors in few calls.
+RECEIVE_CHUNK = 1 << 20
+
+
+class TCPStream(Stream):
+    """A trio ``SocketStream`` plus ``receive_into`` straight from the socket."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._socket = stream.socket
+        try:
+            name = self._socket.getpeername()
+            self._peer = format_address(name[0], name[1])
+        except OSError:
+            self._peer = "?"
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self._stream.receive_some(max_bytes or RECEIVE_CHUNK)
+
+    async def receive_into(self, buffer: memoryview) -> int:
+        try:
+            return await self._socket.recv_into(buffer, len(buffer))
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class RealTransport(Transport):
+    def __init__(self, listeners: list[trio.SocketListener], udp: trio.socket.SocketType, address: str):
+        self._listeners = listeners
+        self._udp = udp
+        self._udp_family = udp.family
+        self.address = address
+        self.max_datagram_size = MAX_DATAGRAM_SIZE
+
+    async def open_stream(self, address: str) -> Stream:
+        host, port = parse_address(address)
+        try:
+            stream = await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            raise PeerUnavailable(f"cannot connect to {address}: {exc}") from exc
+        return TCPStream(stream)
+
+    async def serve_streams(
+        self, handler: StreamHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async def serve_one(stream: trio.SocketStream) -> None:
+            wrapped = TCPStream(stream)
+            try:
+                await handler(wrapped)
+            finally:
+                await wrapped.aclose()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, serve_one, self._listeners)
+            task_status.started()
+
+    async def send_datagram(self, address: str, data: bytes | bytearray | memoryview) -> None:
+        if len(data) > self.max_datagram_size:
+            raise FrameTooLarge(f"datagram of {len(data)} bytes exceeds {self.max_datagram_size}")
+        host, port = parse_address(address)
+        try:
+            await self._udp.sendto(data, (host, port))
+        except OSError as exc:
+            # UDP is best effort; an unreachable or refused peer looks like loss.
+            if exc.errno not in (
+                errno.ECONNREFUSED,
+                errno.EHOSTUNREACH,
+                errno.ENETUNREACH,
+                errno.EAFNOSUPPORT,
+            ):
+                raise
+
+    async def receive_datagram(self) -> tuple[bytes, str]:
+        while True:
+            try:
+                data, sender = await self._udp.recvfrom(self.max_datagram_size + 1)
+            except ConnectionRefusedError:
+                continue  # an ICMP error from an earlier send; nothing to receive
+            return data, format_address(sender[0], sender[1])
+
+    def close(self) -> None:
+        self._udp.close()
+
+
+class ThreadBridge(Bridge):
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self._token = token
+
+    def run(self, async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return trio.from_thread.run(async_fn, *args, trio_token=self._token)
+
+
+class RealHost(Host):
+    """A node on real sockets. Open with ``async with RealHost.open("127.0.0.1:0") as host``."""
+
+    def __init__(self, transport: RealTransport, seed: int | None, compute_threads: int) -> None:
+        self.transport = transport
+        self.random = random.Random(seed)
+        self.bridge = ThreadBridge(trio.lowlevel.current_trio_token())
+        self._compute_limiter = trio.CapacityLimiter(compute_threads)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, listen: str = "127.0.0.1:0", *, seed: int | None = None, compute_threads: int = 1
+    ) -> AsyncIterator[RealHost]:
+        """Bind TCP and UDP on one port (port 0 picks a free one) and yield the host."""
+        host, port = parse_address(listen)
+        listeners, udp = await _bind_tcp_and_udp(host, port)
+        bound_port = listeners[0].socket.getsockname()[1]
+        transport = RealTransport(listeners, udp, format_address(host, bound_port))
+        try:
+            yield cls(transport, seed, compute_threads)
+        finally:
+            transport.close()
+            for listener in listeners:
+                await listener.aclose()
+
+    async def compute(self, fn: Callable[..., T], *args: Any, flops: float = 0.0) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._compute_limiter)
+
+    def wall_time(self) -> float:
+        return time.time()
+
+
+async def _bind_tcp_and_udp(host: str, port: int, attempts: int = 20) -> tuple[list, trio.socket.SocketType]:
+    """Bind a TCP listener and a UDP socket on the same port; retry when port 0 lands on a UDP-taken port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    last_error: OSError | None = None
+    for _ in range(attempts if port == 0 else 1):
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()[1]
+        udp = trio.socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            await udp.bind((host, bound))
+        except OSError as exc:
+            last_error = exc
+            udp.close()
+            for listener in listeners:
+                await listener.aclose()
+            continue
+        return listeners, udp
+    raise OSError(f"could not bind TCP and UDP on {format_address(host, port)}: {last_error}")

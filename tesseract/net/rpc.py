@@ -1,0 +1,383 @@
+"""Request/response RPC over streams: typed handlers, pooled multiplexed connections, deadlines.
+
+- ``Router`` maps method names to handlers and turns one decoded request into one reply. It is shared
+  by stream RPC (here) and datagram RPC (``tesseract.net.datagram``).
+- ``RPCServer`` serves a router on the host's stream listener: many connections, many concurrent
+  requests per connection, a typed error for anything malformed, and a bound on in-flight work.
+- ``RPCClient`` keeps one connection per peer and multiplexes concurrent calls over it by request id.
+  A connection that breaks fails its calls with ``PeerUnavailable`` and is replaced on the next call,
+  so a peer that restarts is reachable again at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, TypeVar
+
+import msgspec
+import trio
+
+from tesseract.net.errors import CallTimeout, FrameTooLarge, PeerUnavailable, ProtocolError, RemoteError
+from tesseract.net.framing import DEFAULT_MAX_FRAME_SIZE, Frame, FrameReader, acquire_lock, send_frame
+from tesseract.net.host import Host, Stream
+from tesseract.net.messages import (
+    ErrorCode,
+    ErrorReply,
+    Request,
+    Response,
+    deadline_is_valid,
+    decode_payload,
+    encode_frame,
+    error_reply,
+    split_body,
+)
+from tesseract.net.tensors import TensorError
+
+logger = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, str], Awaitable[Any]]
+
+#: The longest any handler may run, whatever deadline its caller sent.
+DEFAULT_MAX_HANDLER_TIME = 600.0
+DEFAULT_MAX_INFLIGHT_PER_CONNECTION = 256
+
+#: Exceptions that mean "the payload is wrong", answered with ErrorCode.BAD_REQUEST.
+BAD_INPUT_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, TensorError)
+
+
+class Method(NamedTuple):
+    request_type: type
+    handler: Handler
+
+
+class Router:
+    """Method name -> (request type, handler). Handlers get ``(request, peer_address)``.
+
+    A handler returns the reply payload (a msgspec struct) or raises ``RemoteError`` to send a typed
+    error; any other exception becomes ``ErrorCode.INTERNAL`` and is logged.
+    """
+
+    def __init__(self, *, max_handler_time: float = DEFAULT_MAX_HANDLER_TIME) -> None:
+        self._methods: dict[str, Method] = {}
+        self.max_handler_time = max_handler_time
+        #: Counts of what went wrong, by ErrorCode value (plus transport-level events).
+        self.stats: Counter[str] = Counter()
+
+    def add(self, name: str, request_type: type[Req], handler: Callable[[Req, str], Awaitable[Any]]) -> None:
+        if name in self._methods:
+            raise ValueError(f"method {name!r} is already registered")
+        self._methods[name] = Method(request_type, handler)
+
+    async def handle(self, request: Request, payload: memoryview, peer: str) -> tuple[Any, Any]:
+        """Run one request; return ``(envelope, payload)`` for the reply. Never raises for bad input."""
+        method = self._methods.get(request.method)
+        if method is None:
+            return self._error(request.id, ErrorCode.UNKNOWN_METHOD, f"no method {request.method!r}"), None
+        if not deadline_is_valid(request.timeout):
+            message = f"deadline already passed (timeout {request.timeout})"
+            return self._error(request.id, ErrorCode.DEADLINE_EXCEEDED, message), None
+        try:
+            arguments = decode_payload(method.request_type, payload)
+        except BAD_INPUT_ERRORS as exc:
+            return self._error(request.id, ErrorCode.BAD_REQUEST, f"{request.method}: {exc}"), None
+        with trio.move_on_after(min(request.timeout, self.max_handler_time)) as scope:
+            try:
+                result = await method.handler(arguments, peer)
+            except RemoteError as exc:
+                return self._error(request.id, ErrorCode(exc.code), exc.message), None
+            except BAD_INPUT_ERRORS as exc:
+                return self._error(request.id, ErrorCode.BAD_REQUEST, f"{request.method}: {exc}"), None
+            except Exception as exc:
+                logger.exception("handler %s failed for %s", request.method, peer)
+                return self._error(request.id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"), None
+        if scope.cancelled_caught:
+            return self._error(
+                request.id, ErrorCode.DEADLINE_EXCEEDED, f"{request.method} ran past its deadline"
+            ), None
+        return Response(request.id), result
+
+    def _error(self, request_id: int, code: ErrorCode, message: str) -> ErrorReply:
+        self.stats[code.value] += 1
+        return error_reply(request_id, code, message)
+
+
+class RPCServer:
+    """Serves a ``Router`` over the host's streams."""
+
+    def __init__(
+        self,
+        host: Host,
+        router: Router,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_inflight_per_connection: int = DEFAULT_MAX_INFLIGHT_PER_CONNECTION,
+    ) -> None:
+        self.host = host
+        self.router = router
+        self.max_frame_size = max_frame_size
+        self.max_inflight = max_inflight_per_connection
+
+    @property
+    def stats(self) -> Counter[str]:
+        return self.router.stats
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.host.transport.serve_streams(self._serve_connection, task_status=task_status)
+
+    async def _serve_connection(self, stream: Stream) -> None:
+        reader = FrameReader(stream, self.max_frame_size)
+        lock = trio.Lock()
+        inflight = [0]
+        async with trio.open_nursery() as nursery:
+            try:
+                while (frame := await reader.receive_frame()) is not None:
+                    await self._dispatch(frame, stream, lock, inflight, nursery)
+            except ProtocolError as exc:
+                # Framing is lost: say why (best effort), then drop the connection.
+                code = (
+                    ErrorCode.FRAME_TOO_LARGE if isinstance(exc, FrameTooLarge) else ErrorCode.PROTOCOL_ERROR
+                )
+                self.stats[code.value] += 1
+                with trio.move_on_after(1.0):
+                    await self._reply(stream, lock, error_reply(0, code, str(exc)), None)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.stats["connection_reset"] += 1
+            # The client is gone: nobody can receive replies to its unfinished requests.
+            nursery.cancel_scope.cancel()
+
+    async def _dispatch(
+        self, frame: Frame, stream: Stream, lock: trio.Lock, inflight: list[int], nursery
+    ) -> None:
+        try:
+            envelope, payload = split_body(memoryview(frame.body), frame.envelope_size)
+        except ProtocolError as exc:
+            self.stats[ErrorCode.PROTOCOL_ERROR.value] += 1
+            await self._reply(stream, lock, error_reply(0, ErrorCode.PROTOCOL_ERROR, str(exc)), None)
+            return
+        if not isinstance(envelope, Request):
+            self.stats[ErrorCode.PROTOCOL_ERROR.value] += 1
+            message = f"expected a request, got {type(envelope).__name__}"
+            await self._reply(stream, lock, error_reply(envelope.id, ErrorCode.PROTOCOL_ERROR, message), None)
+            return
+        if inflight[0] >= self.max_inflight:
+            self.stats[ErrorCode.OVERLOADED.value] += 1
+            message = f"more than {self.max_inflight} requests in flight on one connection"
+            await self._reply(stream, lock, error_reply(envelope.id, ErrorCode.OVERLOADED, message), None)
+            return
+        inflight[0] += 1
+        nursery.start_soon(self._run_request, envelope, payload, stream, lock, inflight)
+
+    async def _run_request(
+        self, request: Request, payload: memoryview, stream: Stream, lock, inflight
+    ) -> None:
+        try:
+            envelope, result = await self.router.handle(request, payload, stream.peer)
+            await self._reply(stream, lock, envelope, result)
+        finally:
+            inflight[0] -= 1
+
+    async def _reply(self, stream: Stream, lock: trio.Lock, envelope: Any, payload: Any) -> None:
+        try:
+            frame = encode_frame(envelope, payload, max_frame_size=self.max_frame_size)
+        except FrameTooLarge as exc:
+            self.stats[ErrorCode.FRAME_TOO_LARGE.value] += 1
+            frame = encode_frame(
+                error_reply(envelope.id, ErrorCode.FRAME_TOO_LARGE, f"reply too large: {exc}"),
+                max_frame_size=self.max_frame_size,
+            )
+        try:
+            await send_frame(stream, lock, frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.stats["reply_undeliverable"] += 1
+
+
+class _Pending:
+    """One call waiting for its reply."""
+
+    __slots__ = ("done", "envelope", "error", "frame")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.envelope: Response | ErrorReply | None = None
+        self.frame: Frame | None = None
+        self.error: Exception | None = None
+
+
+class _Connection:
+    def __init__(self, address: str, stream: Stream, max_frame_size: int) -> None:
+        self.address = address
+        self.stream = stream
+        self.reader = FrameReader(stream, max_frame_size)
+        self.lock = trio.Lock()
+        self.pending: dict[int, _Pending] = {}
+        self.closed = False
+        self.writable = True  # False once retired: drains its replies, then closes
+        self.reader_scope = trio.CancelScope()
+
+    def fail_all(self, error: Exception) -> None:
+        self.closed = True
+        for pending in self.pending.values():
+            pending.error = error
+            pending.done.set()
+        self.pending.clear()
+
+
+class RPCClient:
+    """Calls methods on peers over pooled, multiplexed stream connections.
+
+    Use as ``async with RPCClient(host) as client: reply = await client.call(...)``.
+    """
+
+    def __init__(self, host: Host, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.host = host
+        self.max_frame_size = max_frame_size
+        self._connections: dict[str, _Connection] = {}
+        self._connecting: dict[str, trio.Event] = {}
+        self._ids = itertools.count(host.random.getrandbits(32))
+        self._nursery: trio.Nursery | None = None
+        self.stats: Counter[str] = Counter()
+
+    async def __aenter__(self) -> RPCClient:
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        try:
+            return await self._nursery_manager.__aexit__(*exc_info)
+        finally:
+            for connection in list(self._connections.values()):
+                connection.fail_all(PeerUnavailable("client closed"))
+                with trio.CancelScope(shield=True):
+                    await connection.stream.aclose()
+            self._connections.clear()
+
+    async def call(
+        self, address: str, method: str, request: Any, response_type: type[Resp], *, timeout: float
+    ) -> Resp:
+        """Call ``method`` on the peer at ``address``; return its reply decoded as ``response_type``.
+
+        Raises ``CallTimeout`` past ``timeout`` seconds, ``PeerUnavailable`` if the peer cannot be
+        reached or drops the connection, ``RemoteError`` for the peer's typed error replies.
+        """
+        deadline = trio.current_time() + timeout
+        with trio.move_on_at(deadline) as scope:
+            pending = await self._send_request(address, method, request, deadline)
+            await pending.done.wait()
+        if scope.cancelled_caught:
+            self.stats["timeouts"] += 1
+            raise CallTimeout(f"{method} on {address} did not answer within {timeout:.3g}s")
+        if pending.error is not None:
+            raise pending.error
+        envelope, frame = pending.envelope, pending.frame
+        assert frame is not None
+        if isinstance(envelope, ErrorReply):
+            raise RemoteError(envelope.code, envelope.message, peer=address)
+        try:
+            _, payload = split_body(memoryview(frame.body), frame.envelope_size)
+            return decode_payload(response_type, payload)
+        except (msgspec.MsgspecError, ProtocolError) as exc:
+            raise ProtocolError(f"{method} on {address} sent a malformed reply: {exc}") from None
+
+    async def _send_request(self, address: str, method: str, request: Any, deadline: float) -> _Pending:
+        call_id = next(self._ids) & (2**63 - 1)
+        frame = encode_frame(
+            Request(call_id, method, deadline - trio.current_time()),
+            request,
+            max_frame_size=self.max_frame_size,
+        )
+        for attempt in (1, 2):
+            connection, reused = await self._connection(address)
+            pending = connection.pending[call_id] = _Pending()
+            try:
+                await acquire_lock(connection.lock)
+            except BaseException:
+                connection.pending.pop(call_id, None)
+                raise
+            try:
+                await connection.stream.send_all(frame)
+                return pending
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                error = PeerUnavailable(f"connection to {address} broke: {exc}")
+                self._drop(connection, error)
+                # A frame that was not sent whole is never processed: one retry on a fresh connection.
+                if attempt == 2 or not reused:
+                    raise error from None
+            except BaseException:
+                # Cancelled mid-frame: the stream may now end in a partial frame, so it takes no more
+                # writes. Calls already sent on it still receive their replies.
+                connection.pending.pop(call_id, None)
+                self._retire(connection)
+                raise
+            finally:
+                connection.lock.release()
+        raise AssertionError("unreachable")
+
+    async def _connection(self, address: str) -> tuple[_Connection, bool]:
+        while True:
+            connection = self._connections.get(address)
+            if connection is not None and not connection.closed:
+                return connection, True
+            waiting = self._connecting.get(address)
+            if waiting is None:
+                break
+            await waiting.wait()
+        event = self._connecting[address] = trio.Event()
+        try:
+            stream = await self.host.transport.open_stream(address)
+            connection = _Connection(address, stream, self.max_frame_size)
+            self._connections[address] = connection
+            assert self._nursery is not None, "use RPCClient as an async context manager"
+            self._nursery.start_soon(self._read_replies, connection)
+            return connection, False
+        finally:
+            del self._connecting[address]
+            event.set()
+
+    async def _read_replies(self, connection: _Connection) -> None:
+        error: Exception = PeerUnavailable(f"{connection.address} closed the connection")
+        try:
+            with connection.reader_scope:
+                await self._read_replies_until_done(connection)
+        except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            error = PeerUnavailable(f"connection to {connection.address} failed: {exc}")
+        finally:
+            self._drop(connection, error)
+            with trio.CancelScope(shield=True):
+                await connection.stream.aclose()
+
+    async def _read_replies_until_done(self, connection: _Connection) -> None:
+        while connection.writable or connection.pending:
+            frame = await connection.reader.receive_frame()
+            if frame is None:
+                return
+            envelope, _ = split_body(memoryview(frame.body), frame.envelope_size)
+            pending = connection.pending.pop(envelope.id, None)
+            if pending is None:
+                if isinstance(envelope, ErrorReply):
+                    # id 0 or unknown: the peer could not parse something we sent.
+                    logger.warning("%s reported %s: %s", connection.address, envelope.code, envelope.message)
+                self.stats["late_replies"] += 1
+                continue
+            pending.envelope = envelope
+            pending.frame = frame
+            pending.done.set()
+
+    def _retire(self, connection: _Connection) -> None:
+        connection.writable = False
+        if self._connections.get(connection.address) is connection:
+            del self._connections[connection.address]
+        if not connection.pending:
+            connection.reader_scope.cancel()
+
+    def _drop(self, connection: _Connection, error: Exception) -> None:
+        connection.fail_all(error)
+        if self._connections.get(connection.address) is connection:
+            del self._connections[connection.address]

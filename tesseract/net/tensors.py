@@ -1,0 +1,84 @@
+"""Tensors on the wire: dtype name, shape, raw little-endian bytes.
+
+Decoding is zero-copy (``torch.frombuffer`` over the receive buffer) and validates everything first:
+a known dtype, non-negative dims, a bounded rank, and a byte length equal to dtype size x element count.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import msgspec
+import torch
+
+MAX_RANK = 16
+Dim = Annotated[int, msgspec.Meta(ge=0, lt=2**40)]
+
+#: Every dtype that may cross the network, by wire name.
+DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "complex64": torch.complex64,
+    "complex128": torch.complex128,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+class TensorError(ValueError):
+    """A tensor message is inconsistent: unknown dtype, bad shape, or wrong byte count."""
+
+
+class WireTensor(msgspec.Struct, array_like=True):
+    dtype: str
+    shape: Annotated[tuple[Dim, ...], msgspec.Meta(max_length=MAX_RANK)]
+    #: Raw bytes; decoded as a view of the message buffer, never copied.
+    data: memoryview
+
+
+def serialize_tensor(tensor: torch.Tensor) -> WireTensor:
+    """Describe a tensor for the wire. Non-contiguous, 0-d, empty and GPU tensors are all accepted."""
+    name = DTYPE_NAMES.get(tensor.dtype)
+    if name is None:
+        raise TensorError(f"dtype {tensor.dtype} cannot be sent; supported: {', '.join(DTYPES)}")
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    if _BIG_ENDIAN and flat.element_size() > 1:  # pragma: no cover - no big-endian CI machine
+        flat = flat.view(torch.uint8).reshape(-1, flat.element_size()).flip(1).reshape(-1)
+    raw = flat.view(torch.uint8).numpy()
+    return WireTensor(name, tuple(tensor.shape), memoryview(raw))
+
+
+def deserialize_tensor(message: WireTensor) -> torch.Tensor:
+    """Check a wire tensor and return a tensor viewing its bytes (writable if the buffer is)."""
+    dtype = DTYPES.get(message.dtype)
+    if dtype is None:
+        raise TensorError(f"unknown dtype {message.dtype!r}; supported: {', '.join(DTYPES)}")
+    numel = 1
+    for dim in message.shape:
+        numel *= dim
+    itemsize = dtype.itemsize
+    expected = numel * itemsize
+    if len(message.data) != expected:
+        raise TensorError(
+            f"tensor {message.dtype}{list(message.shape)} needs {expected} bytes, got {len(message.data)}"
+        )
+    if numel == 0:
+        return torch.empty(message.shape, dtype=dtype)
+    data = message.data
+    if data.readonly:
+        # torch cannot guard a read-only buffer; copy rather than hand out a tensor that lies.
+        data = memoryview(bytearray(data))
+    flat = torch.frombuffer(data, dtype=dtype)
+    if _BIG_ENDIAN and itemsize > 1:  # pragma: no cover
+        flat = flat.view(torch.uint8).reshape(-1, itemsize).flip(1).reshape(-1).view(dtype)
+    return flat.reshape(message.shape)
