@@ -17,12 +17,14 @@ seeded (``simulator.determinism``), and every delivery and fault is folded into 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import math
 import random
 import struct
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -101,6 +103,8 @@ class SimNetwork:
         self.messages_dropped = 0
         self.nursery: trio.Nursery | None = None
         self.clock: trio.testing.MockClock | None = None
+        #: Virtual time, cached: only the pump moves the clock, so this always equals trio.current_time().
+        self.now = 0.0
 
     # ----- hosts -------------------------------------------------------------------------------
 
@@ -183,7 +187,7 @@ class SimNetwork:
     def arrival_time(self, src: int, dst: int, nbytes: int, *, stream: bool) -> float | None:
         """When a message sent now arrives, or None if the link loses it (datagrams only)."""
         link = self._links.get((src, dst), self.default_link)
-        now = trio.current_time()
+        now = self.now
         if link.loss and self.rng.random() < link.loss:
             if not stream:
                 return None
@@ -231,10 +235,9 @@ class SimNetwork:
     # ----- trace -------------------------------------------------------------------------------
 
     def trace(self, kind: int, src: int, dst: int, size: int) -> None:
-        record = _TRACE_RECORD.pack(round(trio.current_time() * 1e9), kind, src, dst, size & 0xFFFFFFFF)
-        self._hasher.update(record)
+        self._hasher.update(_TRACE_RECORD.pack(round(self.now * 1e9), kind, src, dst, size & 0xFFFFFFFF))
         if self.events is not None:
-            self.events.append((trio.current_time(), kind, src, dst, size))
+            self.events.append((self.now, kind, src, dst, size))
 
     def trace_fault(self, what: str, host_index: int, value: int) -> None:
         self._hasher.update(what.encode())
@@ -257,7 +260,7 @@ class SimNetwork:
         statistics = trio.lowlevel.current_statistics
         while True:
             await wait_idle()
-            now = clock.current_time()
+            now = self.now
             to_deadline = statistics().seconds_to_next_deadline
             if ticks:
                 tick = ticks[0]
@@ -266,6 +269,7 @@ class SimNetwork:
                     heapq.heappop(ticks)
                     if when > now:
                         clock.jump(when - now)
+                        self.now = clock.current_time()
                     batch = due.pop(tick)
                     self.messages_delivered += len(batch)
                     for deliver, payload in batch:
@@ -276,6 +280,7 @@ class SimNetwork:
                     f"at virtual time {now:.6f}s every task is blocked with no message in flight and no timer"
                 )
             clock.jump(to_deadline)
+            self.now = clock.current_time()
 
     def start_soon(
         self, async_fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None
@@ -295,6 +300,7 @@ def run_simulation(
     network = network if network is not None else SimNetwork(**options)
     clock = trio.testing.MockClock()
     network.clock = clock
+    network.now = clock.current_time()
 
     async def root() -> T:
         async with trio.open_nursery() as nursery:
@@ -305,5 +311,18 @@ def run_simulation(
         network.nursery = None
         return result
 
-    with deterministic_scheduling(network.seed):
+    with deterministic_scheduling(network.seed), _fewer_gc_passes():
         return trio.run(root, clock=clock)
+
+
+@contextmanager
+def _fewer_gc_passes(young_threshold: int = 50_000) -> Iterator[None]:
+    """A simulation keeps millions of long-lived objects (tasks, pipes, connections); the default
+    young-generation threshold (700) triggers collections that traverse them so often that they cost
+    more than the simulation itself (measured: 15k -> 25k stream messages/s). Restored afterwards."""
+    saved = gc.get_threshold()
+    gc.set_threshold(young_threshold, saved[1], saved[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)

@@ -247,17 +247,23 @@ class RPCClient:
         self._nursery = await self._nursery_manager.__aenter__()
         return self
 
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> bool:
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
         try:
-            return await self._nursery_manager.__aexit__(*exc_info)
+            await self._nursery_manager.__aexit__(exc_type, exc, traceback)
+        except BaseExceptionGroup as group:
+            # The reader tasks never raise, so a group only wraps the body's own exception:
+            # let that propagate as it was raised, not wrapped.
+            if exc is None or list(_leaves(group)) != [exc]:
+                raise
         finally:
             for connection in list(self._connections.values()):
                 connection.fail_all(PeerUnavailable("client closed"))
                 with trio.CancelScope(shield=True):
                     await connection.stream.aclose()
             self._connections.clear()
+        return False
 
     async def call(
         self, address: str, method: str, request: Any, response_type: type[Resp], *, timeout: float
@@ -381,3 +387,11 @@ class RPCClient:
         connection.fail_all(error)
         if self._connections.get(connection.address) is connection:
             del self._connections[connection.address]
+
+
+def _leaves(group: BaseExceptionGroup):
+    for item in group.exceptions:
+        if isinstance(item, BaseExceptionGroup):
+            yield from _leaves(item)
+        else:
+            yield item
