@@ -166,7 +166,7 @@ def test_arbitrary_bytes_in_any_chunking_never_hurt_a_live_server(
         attacker = await world.new_host()
         stream = await attacker.transport.open_stream(server_host.address)
         start = 0
-        for cut in sorted({min(c, len(garbage)) for c in cuts}) + [len(garbage)]:
+        for cut in [*sorted({min(c, len(garbage)) for c in cuts}), len(garbage)]:
             try:
                 await stream.send_all(garbage[start:cut])
             except trio.BrokenResourceError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import pytest
@@ -92,10 +93,8 @@ def test_garbage_never_escapes_as_anything_but_a_protocol_error(garbage: bytes, 
         for chunk in split_at(garbage, cuts):
             decoder.feed(chunk)
             while (frame := decoder.next_frame()) is not None:
-                try:
+                with contextlib.suppress(ProtocolError):
                     split_body(memoryview(frame.body), frame.envelope_size)
-                except ProtocolError:
-                    pass
     except ProtocolError:
         pass
 
