@@ -228,7 +228,7 @@ class SimTransport(Transport):
 
     async def open_stream(self, address: str) -> Stream:
         host = self._host
-        host.require_up()
+        await host.checkpoint_up()
         network = host.network
         server = network.hosts.get(address)
         if server is None:
@@ -280,7 +280,7 @@ class SimTransport(Transport):
         self, handler: StreamHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         host = self._host
-        host.require_up()
+        await host.checkpoint_up()
         if host.listener is not None:
             raise RuntimeError(f"{host.address} is already serving streams")
         async with trio.open_nursery() as nursery:
@@ -297,7 +297,7 @@ class SimTransport(Transport):
     async def send_datagram(self, address: str, data: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         host = self._host
-        host.require_up()
+        await host.checkpoint_up()
         if len(data) > self.max_datagram_size:
             raise FrameTooLarge(f"datagram of {len(data)} bytes exceeds {self.max_datagram_size}")
         target = host.network.hosts.get(address)
@@ -309,11 +309,12 @@ class SimTransport(Transport):
         )
 
     async def receive_datagram(self) -> tuple[bytes, str]:
-        self._host.require_up()
+        await self._host.checkpoint_up()
         inbox = self._host.inbox
         await trio.lowlevel.checkpoint_if_cancelled()
         while not inbox.items:
             await inbox.park()
+            await self._host.checkpoint_up()
         return inbox.items.popleft()
 
 
@@ -392,16 +393,25 @@ class SimHost(Host):
         if not self.up:
             raise HostCrashed(f"{self.address} is crashed")
 
+    async def checkpoint_up(self) -> None:
+        """For transport calls: a crashed host's own tasks are cancelled here (as the process would
+        simply be gone); anyone else using a crashed host's transport gets ``HostCrashed``."""
+        if not self.up:
+            await trio.lowlevel.checkpoint()
+            raise HostCrashed(f"{self.address} is crashed")
+
     def start(self, async_fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> None:
         """Run ``async_fn(*args)`` as part of this host: a crash cancels it."""
         self.require_up()
         scope = trio.CancelScope()
         self._scopes[scope] = None
+        incarnation = self.incarnation
 
         async def run() -> None:
             try:
-                with scope:
-                    await async_fn(*args)
+                if self.up and self.incarnation == incarnation:  # it may have died before we ran
+                    with scope:
+                        await async_fn(*args)
             finally:
                 self._scopes.pop(scope, None)
 
@@ -442,7 +452,7 @@ class SimHost(Host):
         one of them runs at any moment. If ``fn`` calls ``host.bridge.run``, the task awaits that
         coroutine in virtual time (other tasks run meanwhile) and hands the result back.
         """
-        self.require_up()
+        await self.checkpoint_up()
         async with self._device:
             result = await self._run_with_handoff(fn, args)
             await trio.sleep(self.profile.cost(flops))

@@ -1,0 +1,42 @@
+"""The ``tesseract`` command (also ``tesseract-moe`` and ``python -m tesseract``).
+
+Subcommands are added as the system grows; each lives in its own module and registers here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tesseract import __version__
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tesseract", description="Decentralized mixture-of-experts training over volunteer machines."
+    )
+    parser.add_argument("--version", action="version", version=f"tesseract-moe {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    bench = commands.add_parser("bench", help="run a benchmark from benchmarks/ (in a source checkout)")
+    bench.add_argument("name", choices=["net"], help="which benchmark")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    if options.command == "bench":
+        script = BENCHMARKS / f"bench_{options.name}.py"
+        if not script.exists():
+            parser.error(f"{script} not found: benchmarks ship with the source checkout, not the wheel")
+        sys.argv = [str(script), *options.args]
+        runpy.run_path(str(script), run_name="__main__")
+        return 0
+    parser.print_help()
+    return 0
