@@ -9,7 +9,7 @@ import msgspec
 import pytest
 import torch
 import trio
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tesseract.net import RemoteError, RPCClient, RPCServer, serialize_tensor
@@ -17,7 +17,7 @@ from tesseract.net.framing import FrameReader
 from tesseract.net.messages import FRAME_HEADER, WIRE_VERSION, ErrorReply, Request, encode_frame, split_body
 from tesseract.net.tensors import WireTensor
 from tests.service import Add, Scale, Sum, Tensor, make_router
-from tests.worlds import SimWorld, World
+from tests.worlds import RealWorld, SimWorld, World
 
 MAX_FRAME = 1 << 16
 _encoder = msgspec.msgpack.Encoder()
@@ -173,6 +173,31 @@ def test_arbitrary_bytes_in_any_chunking_never_hurt_a_live_server(
                 break  # the server already gave up on this connection
             start = cut
             await trio.sleep(0.001)
+        async with RPCClient(await world.new_host()) as client:
+            with trio.fail_after(5):
+                assert (await client.call(server_host.address, "add", Add(1, 1), Sum, timeout=5)).value == 2
+        await stream.aclose()
+
+    world.run(main)
+
+
+@settings(max_examples=25)
+@given(garbage=st.binary(max_size=3000), cuts=st.lists(st.integers(0, 3000), max_size=4))
+def test_arbitrary_bytes_at_a_real_loopback_server(garbage: bytes, cuts: list[int]) -> None:
+    world = RealWorld()
+
+    async def main(world: World) -> None:
+        server_host = await world.new_host()
+        world.start(server_host, RPCServer(server_host, make_router(), max_frame_size=MAX_FRAME).serve)
+        await trio.sleep(0.01)
+        stream = await (await world.new_host()).transport.open_stream(server_host.address)
+        start = 0
+        for cut in [*sorted({min(c, len(garbage)) for c in cuts}), len(garbage)]:
+            try:
+                await stream.send_all(garbage[start:cut])
+            except trio.BrokenResourceError:
+                break
+            start = cut
         async with RPCClient(await world.new_host()) as client:
             with trio.fail_after(5):
                 assert (await client.call(server_host.address, "add", Add(1, 1), Sum, timeout=5)).value == 2
