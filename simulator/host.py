@@ -8,6 +8,7 @@ pump at its arrival tick straight into the peer pipe, which wakes a parked reade
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import random
 import threading
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from simulator.network import SimNetwork
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 class HostCrashed(PeerUnavailable):
@@ -338,6 +340,9 @@ class _Inbox(_Parking):
 async def _run_handler(handler: StreamHandler, stream: SimStream) -> None:
     try:
         await handler(stream)
+    except Exception:
+        # As on a real host: one connection's failure never takes the listener down.
+        logger.exception("connection handler for %s failed", stream.peer)
     finally:
         await stream.aclose()
 

@@ -177,3 +177,42 @@ def test_inflight_limit_answers_overloaded(world: World) -> None:
             assert server.stats["overloaded"] == 6
 
     world.run(main)
+
+
+def test_misbehaving_handlers_cannot_take_the_server_down(world: World) -> None:
+    from tesseract.net import DatagramRPC, Router
+
+    router = make_router()
+
+    async def unencodable(request: Empty, peer: str) -> object:
+        return object()  # msgspec cannot encode this
+
+    async def odd_code(request: Empty, peer: str) -> Empty:
+        raise RemoteError("not_a_known_code", "relayed from somewhere else")
+
+    router.add("unencodable", Empty, unencodable)
+    router.add("odd_code", Empty, odd_code)
+
+    async def main(world: World) -> None:
+        server_host = await world.new_host()
+        world.start(server_host, RPCServer(server_host, router).serve)
+        datagrams = DatagramRPC(server_host, router)
+        world.start(server_host, datagrams.serve)
+        client_host = await world.new_host()
+        client_datagrams = DatagramRPC(client_host, Router())
+        world.start(client_host, client_datagrams.serve)
+        await trio.sleep(0.05)
+        async with RPCClient(client_host) as client:
+            for method in ("unencodable", "odd_code"):
+                with pytest.raises(RemoteError) as info:
+                    await client.call(server_host.address, method, Empty(), Empty, timeout=5)
+                assert info.value.code == "internal"
+                with pytest.raises(RemoteError) as info:
+                    await client_datagrams.call(server_host.address, method, Empty(), Empty, timeout=2)
+                assert info.value.code == "internal"
+            assert (await client.call(server_host.address, "add", Add(1, 1), Sum, timeout=5)).value == 2
+            assert (
+                await client_datagrams.call(server_host.address, "add", Add(1, 2), Sum, timeout=2)
+            ).value == 3
+
+    world.run(main)

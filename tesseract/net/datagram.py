@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import msgspec
 import trio
 
-from tesseract.net.errors import CallTimeout, FrameTooLarge, ProtocolError, RemoteError
+from tesseract.net.errors import CallTimeout, ProtocolError, RemoteError
 from tesseract.net.host import Host
 from tesseract.net.messages import (
     ErrorCode,
@@ -24,10 +24,9 @@ from tesseract.net.messages import (
     Response,
     decode_payload,
     encode_datagram,
-    error_reply,
     split_datagram,
 )
-from tesseract.net.rpc import Router
+from tesseract.net.rpc import Router, encode_reply
 
 logger = logging.getLogger(__name__)
 
@@ -94,12 +93,7 @@ class DatagramRPC:
     async def _answer(self, request: Request, payload: memoryview, sender: str) -> None:
         try:
             envelope, result = await self.router.handle(request, payload, sender)
-            try:
-                reply = encode_datagram(envelope, result, max_size=self.max_size)
-            except FrameTooLarge as exc:
-                self.stats[ErrorCode.FRAME_TOO_LARGE.value] += 1
-                error = error_reply(request.id, ErrorCode.FRAME_TOO_LARGE, f"reply too large: {exc}")
-                reply = encode_datagram(error, max_size=self.max_size)
+            reply = encode_reply(self.router, envelope, result, encode_datagram, max_size=self.max_size)
             await self.host.transport.send_datagram(sender, reply)
         finally:
             self._inflight -= 1

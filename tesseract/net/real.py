@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import random
 import socket
@@ -25,6 +26,7 @@ from tesseract.net.errors import FrameTooLarge, PeerUnavailable
 from tesseract.net.host import MAX_DATAGRAM_SIZE, Bridge, Host, Stream, StreamHandler, Transport
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 #: How much a single receive asks the kernel for; large enough to move big tensors in few calls.
 RECEIVE_CHUNK = 1 << 20
@@ -88,6 +90,9 @@ class RealTransport(Transport):
             wrapped = TCPStream(stream)
             try:
                 await handler(wrapped)
+            except Exception:
+                # One connection's failure must never take the listener (and every other peer) down.
+                logger.exception("connection handler for %s failed", wrapped.peer)
             finally:
                 await wrapped.aclose()
 

@@ -89,7 +89,8 @@ class Router:
             try:
                 result = await method.handler(arguments, peer)
             except RemoteError as exc:
-                return self._error(request.id, ErrorCode(exc.code), exc.message), None
+                code = ErrorCode(exc.code) if exc.code in ErrorCode._value2member_map_ else ErrorCode.INTERNAL
+                return self._error(request.id, code, exc.message), None
             except BAD_INPUT_ERRORS as exc:
                 return self._error(request.id, ErrorCode.BAD_REQUEST, f"{request.method}: {exc}"), None
             except Exception as exc:
@@ -182,18 +183,25 @@ class RPCServer:
             inflight[0] -= 1
 
     async def _reply(self, stream: Stream, lock: trio.Lock, envelope: Any, payload: Any) -> None:
-        try:
-            frame = encode_frame(envelope, payload, max_frame_size=self.max_frame_size)
-        except FrameTooLarge as exc:
-            self.stats[ErrorCode.FRAME_TOO_LARGE.value] += 1
-            frame = encode_frame(
-                error_reply(envelope.id, ErrorCode.FRAME_TOO_LARGE, f"reply too large: {exc}"),
-                max_frame_size=self.max_frame_size,
-            )
+        frame = encode_reply(self.router, envelope, payload, encode_frame, max_frame_size=self.max_frame_size)
         try:
             await send_frame(stream, lock, frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.stats["reply_undeliverable"] += 1
+
+
+def encode_reply(router: Router, envelope: Any, payload: Any, encode: Callable[..., bytearray], **limit: int):
+    """Encode a reply; a reply that cannot be sent becomes a typed error instead (never an exception)."""
+    try:
+        return encode(envelope, payload, **limit)
+    except FrameTooLarge as exc:
+        error = router._error(envelope.id, ErrorCode.FRAME_TOO_LARGE, f"reply too large: {exc}")
+    except (TypeError, ValueError, msgspec.EncodeError) as exc:
+        logger.error("cannot encode the reply to request %d: %s", envelope.id, exc)
+        error = router._error(
+            envelope.id, ErrorCode.INTERNAL, f"the handler's reply cannot be encoded: {exc}"
+        )
+    return encode(error, None, **limit)
 
 
 class _Pending:
