@@ -17,7 +17,7 @@ def build_swarm(count: int, seed: int, k: int = 20) -> dict[int, RoutingTable]:
     rng = random.Random(seed)
     ids = [random_id(rng) for _ in range(count)]
     tables = {node: RoutingTable(node, k=k) for node in ids}
-    for node, table in tables.items():  # each node knows a random sample, as after a bootstrap
+    for table in tables.values():  # each node knows a random sample, as after a bootstrap
         for other in rng.sample(ids, min(count, 60)):
             table.observe(other, f"n{other}", 0.0)
     for node, table in tables.items():  # plus its true neighbourhood, as Kademlia converges to
