@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tesseract import __version__
+from tesseract.dht import command as dht_command
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -22,8 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tesseract-moe {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    dht = commands.add_parser("dht", help="run a standalone DHT node")
+    dht_command.add_arguments(dht)
     bench = commands.add_parser("bench", help="run a benchmark from benchmarks/ (in a source checkout)")
-    bench.add_argument("name", choices=["net"], help="which benchmark")
+    bench.add_argument("name", choices=["net", "dht"], help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     return parser
 
@@ -31,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
+    if options.command == "dht":
+        return dht_command.run(options)
     if options.command == "bench":
         script = BENCHMARKS / f"bench_{options.name}.py"
         if not script.exists():

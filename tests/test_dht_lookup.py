@@ -92,7 +92,7 @@ def test_latest_value_lookup_merges_everything_it_sees() -> None:
         h: Record(None, {b"a": Entry(b"old", 10.0 + i), b"b": Entry(b"x", 5.0)})
         for i, h in enumerate(holders)
     }
-    start = [n for n in tables if n not in holders][0]
+    start = next(n for n in tables if n not in holders)
     lookup = Lookup(target, want_value=True, is_fresh=lambda record: False, own_id=start)
     lookup.add_candidates(tables[start].nearest(target, 20))
     while not lookup.done:

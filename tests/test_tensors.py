@@ -8,9 +8,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tesseract.net.errors import TensorError
 from tesseract.net.framing import FrameDecoder
 from tesseract.net.messages import Request, decode_payload, encode_frame, split_body
-from tesseract.net.tensors import DTYPES, TensorError, WireTensor, deserialize_tensor, serialize_tensor
+from tesseract.net.tensors import DTYPES, WireTensor, deserialize_tensor, serialize_tensor
 
 
 class Carrier(msgspec.Struct, tag="carrier"):

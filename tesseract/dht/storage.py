@@ -67,7 +67,7 @@ class RecordStore:
     def __len__(self) -> int:
         return len(self._records)
 
-    def keys(self) -> list[NodeID]:
+    def stored_keys(self) -> list[NodeID]:
         return list(self._records)
 
     def store(

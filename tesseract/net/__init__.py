@@ -1,4 +1,9 @@
-"""Networking: the host seam, the wire format, and RPC over streams and datagrams."""
+"""Networking: the host seam, the wire format, and RPC over streams and datagrams.
+
+The tensor helpers load torch on first use, so torch-free users (a DHT-only node) start fast.
+"""
+
+from typing import Any
 
 from tesseract.net.address import Address, format_address, parse_address
 from tesseract.net.datagram import DatagramRPC
@@ -13,7 +18,6 @@ from tesseract.net.errors import (
 from tesseract.net.host import Bridge, Host, Stream, Transport
 from tesseract.net.messages import ErrorCode
 from tesseract.net.rpc import Router, RPCClient, RPCServer
-from tesseract.net.tensors import WireTensor, deserialize_tensor, serialize_tensor
 
 __all__ = [
     "Address",
@@ -31,6 +35,7 @@ __all__ = [
     "RemoteError",
     "Router",
     "Stream",
+    "TensorError",
     "Transport",
     "WireTensor",
     "deserialize_tensor",
@@ -38,3 +43,14 @@ __all__ = [
     "parse_address",
     "serialize_tensor",
 ]
+
+
+_TENSOR_NAMES = {"WireTensor", "deserialize_tensor", "serialize_tensor"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TENSOR_NAMES:
+        from tesseract.net import tensors
+
+        return getattr(tensors, name)
+    raise AttributeError(f"module 'tesseract.net' has no attribute {name!r}")

@@ -35,3 +35,7 @@ class RemoteError(NetError):
         self.peer = peer
         where = f" from {peer}" if peer else ""
         super().__init__(f"{code}{where}: {message}")
+
+
+class TensorError(ValueError):
+    """A tensor message is inconsistent: unknown dtype, bad shape, or wrong byte count."""

@@ -38,6 +38,7 @@ class ErrorCode(enum.StrEnum):
     PROTOCOL_ERROR = "protocol_error"  # undecodable envelope or frame
     FRAME_TOO_LARGE = "frame_too_large"
     INTERNAL = "internal"  # the handler failed; its exception text follows
+    CLOCK_SKEW = "clock_skew"  # the sender's clock disagrees with ours beyond the allowed skew
 
 
 class Request(msgspec.Struct, tag=1, array_like=True):

@@ -20,7 +20,14 @@ from typing import Any, NamedTuple, TypeVar
 import msgspec
 import trio
 
-from tesseract.net.errors import CallTimeout, FrameTooLarge, PeerUnavailable, ProtocolError, RemoteError
+from tesseract.net.errors import (
+    CallTimeout,
+    FrameTooLarge,
+    PeerUnavailable,
+    ProtocolError,
+    RemoteError,
+    TensorError,
+)
 from tesseract.net.framing import DEFAULT_MAX_FRAME_SIZE, Frame, FrameReader, acquire_lock, send_frame
 from tesseract.net.host import Host, Stream
 from tesseract.net.messages import (
@@ -34,7 +41,6 @@ from tesseract.net.messages import (
     error_reply,
     split_body,
 )
-from tesseract.net.tensors import TensorError
 
 logger = logging.getLogger(__name__)
 

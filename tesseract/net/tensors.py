@@ -12,6 +12,8 @@ from typing import Annotated
 import msgspec
 import torch
 
+from tesseract.net.errors import TensorError
+
 MAX_RANK = 16
 Dim = Annotated[int, msgspec.Meta(ge=0, lt=2**40)]
 
@@ -33,10 +35,6 @@ DTYPES: dict[str, torch.dtype] = {
 DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
 
 _BIG_ENDIAN = sys.byteorder == "big"
-
-
-class TensorError(ValueError):
-    """A tensor message is inconsistent: unknown dtype, bad shape, or wrong byte count."""
 
 
 class WireTensor(msgspec.Struct, array_like=True):
