@@ -52,19 +52,21 @@ async def _main(options: argparse.Namespace) -> int:
     config = DHTConfig(
         refresh_interval=options.refresh_interval, republish_interval=options.republish_interval
     )
-    async with RealHost.open(options.listen) as host:
-        async with DHTNode.start(host, options.initial_peers, config=config) as node:
-            say(f"DHT node listening on {node.address} (id {node.node_id:040x})")
-            say(f"others join with: tesseract dht --initial-peers {node.address}")
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_report_status, node, options.status_interval)
-                if options.commands:
-                    nursery.start_soon(_answer_commands, node, nursery.cancel_scope)
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        say(f"received {signal.Signals(signum).name}: leaving the DHT")
-                        break
-                nursery.cancel_scope.cancel()
+    async with (
+        RealHost.open(options.listen) as host,
+        DHTNode.start(host, options.initial_peers, config=config) as node,
+    ):
+        say(f"DHT node listening on {node.address} (id {node.node_id:040x})")
+        say(f"others join with: tesseract dht --initial-peers {node.address}")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_report_status, node, options.status_interval)
+            if options.commands:
+                nursery.start_soon(_answer_commands, node, nursery.cancel_scope)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    say(f"received {signal.Signals(signum).name}: leaving the DHT")
+                    break
+            nursery.cancel_scope.cancel()
     return 0
 
 
