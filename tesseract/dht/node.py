@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import msgspec
 import trio
 
+from tesseract.concurrency import background_nursery
 from tesseract.dht import experts
 from tesseract.dht import protocol as wire
 from tesseract.dht.ids import ID_BITS, NodeID, id_from_bytes, id_to_bytes, key_id, random_id
@@ -126,19 +127,16 @@ class DHTNode:
     ) -> AsyncIterator[DHTNode]:
         """Serve, join through ``initial_peers`` (none: start a new DHT), keep fresh; leave on exit."""
         node = cls(host, node_id=node_id, config=config)
-        async with trio.open_nursery() as nursery:
+        async with background_nursery() as nursery:
             node._nursery = nursery
             await nursery.start(node.rpc.serve)
             if initial_peers:
                 await node.bootstrap(initial_peers)
             nursery.start_soon(node._maintain)
-            try:
-                yield node
-                if leave_gracefully:
-                    with trio.move_on_after(node.config.operation_timeout):
-                        await node.leave()
-            finally:
-                nursery.cancel_scope.cancel()
+            yield node
+            if leave_gracefully:
+                with trio.move_on_after(node.config.operation_timeout):
+                    await node.leave()
 
     async def bootstrap(self, initial_peers: Sequence[str]) -> None:
         """Ping the initial peers; fill the routing table with a lookup of our own id."""

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, TypeVar
 import msgspec
 import trio
 
+from tesseract.concurrency import background_nursery
 from tesseract.net.errors import (
     CallTimeout,
     FrameTooLarge,
@@ -257,27 +258,19 @@ class RPCClient:
         self.stats: Counter[str] = Counter()
 
     async def __aenter__(self) -> RPCClient:
-        self._nursery_manager = trio.open_nursery()
+        self._nursery_manager = background_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         return self
 
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> bool:
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> bool | None:
         try:
-            await self._nursery_manager.__aexit__(exc_type, exc, traceback)
-        except BaseExceptionGroup as group:
-            # The reader tasks never raise, so a group only wraps the body's own exception:
-            # let that propagate as it was raised, not wrapped.
-            if exc is None or list(_leaves(group)) != [exc]:
-                raise
+            return await self._nursery_manager.__aexit__(exc_type, exc, traceback)
         finally:
             for connection in list(self._connections.values()):
                 connection.fail_all(PeerUnavailable("client closed"))
                 with trio.CancelScope(shield=True):
                     await connection.stream.aclose()
             self._connections.clear()
-        return False
 
     async def call(
         self, address: str, method: str, request: Any, response_type: type[Resp], *, timeout: float
@@ -401,11 +394,3 @@ class RPCClient:
         connection.fail_all(error)
         if self._connections.get(connection.address) is connection:
             del self._connections[connection.address]
-
-
-def _leaves(group: BaseExceptionGroup):
-    for item in group.exceptions:
-        if isinstance(item, BaseExceptionGroup):
-            yield from _leaves(item)
-        else:
-            yield item

@@ -1,0 +1,166 @@
+"""DHT nodes over real loopback and in the simulator: the API, replication, and bad input."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+import trio
+
+from tesseract.dht import BootstrapError, DHTConfig, DHTNode
+from tesseract.dht import protocol as wire
+from tesseract.dht.ids import id_to_bytes, key_id
+from tesseract.net import DatagramRPC, RemoteError, Router
+from tests.dht_swarm import start_swarm
+from tests.worlds import World
+
+FAST = DHTConfig(request_timeout=0.5, operation_timeout=5.0)
+
+
+def test_store_anywhere_get_everywhere(world: World) -> None:
+    async def main(world: World) -> None:
+        nodes = await start_swarm(world, 8, FAST)
+        expiration = nodes[0].host.wall_time() + 300
+        for i, node in enumerate(nodes):
+            assert await node.store(f"key-{i}", {"from": i, "data": [1, 2, 3]}, expiration)
+        for node in nodes:
+            for i in range(len(nodes)):
+                found = await node.get(f"key-{i}")
+                assert found is not None and found.value == {"from": i, "data": [1, 2, 3]}
+                assert found.expiration == pytest.approx(expiration)
+        assert await nodes[3].get("never-stored") is None
+
+    world.run(main)
+
+
+def test_newest_wins_and_dictionaries_merge(world: World) -> None:
+    async def main(world: World) -> None:
+        nodes = await start_swarm(world, 6, FAST)
+        now = nodes[0].host.wall_time()
+        assert await nodes[0].store("plain", "old", now + 100)
+        assert await nodes[1].store("plain", "new", now + 200)
+        assert await nodes[2].store("plain", "stale", now + 150)  # outdated: replicas keep "new"
+        assert (await nodes[4].get("plain", latest=True)).value == "new"
+        for subkey, node in enumerate(nodes[:4]):
+            assert await node.store("dict", f"v{subkey}", now + 100 + subkey, subkey=subkey)
+        found = await nodes[5].get("dict", latest=True)
+        assert {k: v.value for k, v in found.value.items()} == {0: "v0", 1: "v1", 2: "v2", 3: "v3"}
+
+    world.run(main)
+
+
+def test_bootstrap_with_no_live_peer_is_a_clear_error(world: World) -> None:
+    async def main(world: World) -> None:
+        dead = await world.new_host()
+        address = dead.address
+        await world.crash(dead)
+        host = await world.new_host()
+        with pytest.raises(BootstrapError, match="none of the 1 initial peers answered"):
+            async with DHTNode.start(host, [address], config=FAST):
+                pass
+        with pytest.raises(ValueError, match="bad address"):
+            async with DHTNode.start(host, ["not-an-address"], config=FAST):
+                pass
+
+    world.run(main)
+
+
+def test_bad_store_items_are_rejected_with_reasons_and_counted(world: World) -> None:
+    async def main(world: World) -> None:
+        (node,) = await start_swarm(world, 1, DHTConfig(store_rate=1.0, store_burst=40.0))
+        client_host = await world.new_host()
+        client = DatagramRPC(client_host, Router())
+        world.start(client_host, client.serve)
+        await trio.sleep(0.05)
+        now = node.host.wall_time()
+        sender = id_to_bytes(12345)
+
+        def item(key: str, value: bytes = b"\x01", ttl: float = 60.0) -> wire.StoreItem:
+            return wire.StoreItem(id_to_bytes(key_id(key)), None, value, now + ttl)
+
+        items = [
+            item("fine"),
+            item("past", ttl=-10),
+            item("far", ttl=10 * 365 * 24 * 3600),
+            item("huge", value=b"x" * 5000),
+            item("fine", ttl=30),  # older than what is stored: must not overwrite it
+        ]
+        reply = await client.call(
+            node.address, "dht.store", wire.StoreRequest(sender, now, items), wire.StoreResponse, timeout=2
+        )
+        assert reply.results == ["stored", "expired", "too_far", "too_large", "outdated"]
+        assert node.storage.get(key_id("fine"), now).value.expiration == pytest.approx(now + 60)
+        for reason in ("stored", "expired", "too_far", "too_large", "outdated"):
+            assert node.stats[f"store_{reason}"] >= 1
+
+        # A flood: the token bucket (burst 40, 1/s) refuses what exceeds it, the node keeps working.
+        flood = [item(f"flood-{i}") for i in range(32)]
+        results = []
+        for _ in range(2):
+            reply = await client.call(
+                node.address,
+                "dht.store",
+                wire.StoreRequest(sender, now, flood),
+                wire.StoreResponse,
+                timeout=2,
+            )
+            results += reply.results
+        assert results.count("flood") >= 20 and node.stats["store_flood"] >= 20
+
+        # Malformed requests: a key of the wrong length, a wrong type: typed errors, counted.
+        bad = msgspec.msgpack.encode({"type": "dht.find", "sender": sender, "time": now, "keys": [b"short"]})
+        with pytest.raises(RemoteError) as info:
+            await client.call(node.address, "dht.find", msgspec.Raw(bad), wire.FindResponse, timeout=2)
+        assert info.value.code == "bad_request"
+        with pytest.raises(RemoteError) as info:
+            await client.call(
+                node.address, "dht.find", wire.PingRequest(sender, now), wire.FindResponse, timeout=2
+            )
+        assert info.value.code == "bad_request"
+
+        # A peer whose clock is 60 s off is told so and not added to the routing table.
+        with pytest.raises(RemoteError) as info:
+            await client.call(
+                node.address,
+                "dht.ping",
+                wire.PingRequest(id_to_bytes(999), now + 60),
+                wire.PingResponse,
+                timeout=2,
+            )
+        assert info.value.code == "clock_skew" and 999 not in node.routing
+        assert await client.call(
+            node.address,
+            "dht.ping",
+            wire.PingRequest(id_to_bytes(998), node.host.wall_time()),
+            wire.PingResponse,
+            timeout=2,
+        )
+        assert 998 in node.routing
+
+    world.run(main)
+
+
+def test_expert_declarations_and_beam_search_helpers(world: World) -> None:
+    async def main(world: World) -> None:
+        nodes = await start_swarm(world, 5, FAST)
+        expiration = nodes[0].host.wall_time() + 120
+        uids = [f"ffn.{i}.{j}" for i in range(2) for j in range(3)]
+        stored = await nodes[0].declare_experts(uids, "127.0.0.1:7000", expiration)
+        assert all(stored.values())
+        await nodes[1].declare_experts(["ffn.3.9"], "127.0.0.1:7001", expiration)
+        infos = await nodes[2].get_experts(["ffn.0.1", "ffn.3.9", "ffn.2.2"])
+        assert [(i.uid, i.endpoint) if i else None for i in infos] == [
+            ("ffn.0.1", "127.0.0.1:7000"),
+            ("ffn.3.9", "127.0.0.1:7001"),
+            None,
+        ]
+        successors = await nodes[3].get_active_successors(["ffn", "ffn.0", "ffn.3", "ffn.7"], grid_size=8)
+        assert set(successors["ffn"]) == {0, 1, 3}
+        assert set(successors["ffn.0"]) == {0, 1, 2}
+        assert successors["ffn.3"] == {9: ("ffn.3.9", "127.0.0.1:7001")}
+        assert successors["ffn.7"] == {}
+        assert await nodes[4].find_alive_prefixes(["ffn.7", "ffn.1", "ffn.0"]) == ["ffn.1", "ffn.0"]
+        for bad in ("ffn", "ffn.x", "1ffn.2", "ffn.-1", "ffn.01", ""):
+            with pytest.raises(ValueError, match="expert uid"):
+                await nodes[0].declare_experts([bad], "127.0.0.1:7000", expiration)
+
+    world.run(main)
