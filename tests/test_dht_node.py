@@ -153,7 +153,7 @@ def test_expert_declarations_and_beam_search_helpers(world: World) -> None:
             ("ffn.3.9", "127.0.0.1:7001"),
             None,
         ]
-        successors = await nodes[3].get_active_successors(["ffn", "ffn.0", "ffn.3", "ffn.7"], grid_size=8)
+        successors = await nodes[3].get_active_successors(["ffn", "ffn.0", "ffn.3", "ffn.7"], grid_size=10)
         assert set(successors["ffn"]) == {0, 1, 3}
         assert set(successors["ffn.0"]) == {0, 1, 2}
         assert successors["ffn.3"] == {9: ("ffn.3.9", "127.0.0.1:7001")}
@@ -164,3 +164,16 @@ def test_expert_declarations_and_beam_search_helpers(world: World) -> None:
                 await nodes[0].declare_experts([bad], "127.0.0.1:7000", expiration)
 
     world.run(main)
+
+
+def test_grid_size_filters_out_of_grid_successors() -> None:
+    from tests.worlds import SimWorld
+
+    async def main(world: World) -> None:
+        nodes = await start_swarm(world, 3, FAST)
+        expiration = nodes[0].host.wall_time() + 60
+        await nodes[0].declare_experts(["ffn.3.9", "ffn.3.2"], "127.0.0.1:7001", expiration)
+        successors = await nodes[1].get_active_successors(["ffn.3"], grid_size=8)
+        assert set(successors["ffn.3"]) == {2}
+
+    SimWorld(seed=1).run(main)
