@@ -43,7 +43,12 @@ def test_newest_wins_and_dictionaries_merge(world: World) -> None:
         for subkey, node in enumerate(nodes[:4]):
             assert await node.store("dict", f"v{subkey}", now + 100 + subkey, subkey=subkey)
         found = await nodes[5].get("dict", latest=True)
-        assert {k: v.value for k, v in found.value.items()} == {0: "v0", 1: "v1", 2: "v2", 3: "v3"}
+        assert found.is_dictionary and found.value is None
+        assert {k: v.value for k, v in found.subkeys.items()} == {0: "v0", 1: "v1", 2: "v2", 3: "v3"}
+        # A plain value that happens to be a dict is not mistaken for a dictionary record.
+        assert await nodes[0].store("a-dict-value", {"x": 1}, now + 100)
+        found = await nodes[3].get("a-dict-value")
+        assert not found.is_dictionary and found.value == {"x": 1}
 
     world.run(main)
 

@@ -11,7 +11,9 @@ from tesseract.dht import DHTConfig, DHTNode
 from tesseract.dht.ids import random_id
 
 
-async def grow_swarm(network: SimNetwork, count: int, config: DHTConfig, join_gap: float = 0.02) -> dict[int, DHTNode]:
+async def grow_swarm(
+    network: SimNetwork, count: int, config: DHTConfig, join_gap: float = 0.02
+) -> dict[int, DHTNode]:
     """``count`` nodes joining one after another through random earlier nodes; host index -> node."""
     nodes: dict[int, DHTNode] = {}
     hosts = network.add_hosts(count)
@@ -68,7 +70,9 @@ def test_thousand_node_lookups_match_brute_force_and_every_key_is_found() -> Non
 
 
 def test_records_survive_crashes_loss_and_a_healed_partition() -> None:
-    config = DHTConfig(request_timeout=1.0, operation_timeout=8.0, republish_interval=60.0, refresh_interval=120.0)
+    config = DHTConfig(
+        request_timeout=1.0, operation_timeout=8.0, republish_interval=60.0, refresh_interval=120.0
+    )
     results: dict[str, list] = {"found": [], "durations": []}
 
     async def main(network: SimNetwork) -> None:

@@ -11,7 +11,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tesseract"
-REAL_TRANSPORT = {PACKAGE / "net" / "real.py"}
+#: The modules that work with the operating system directly: the real host, and the local process launcher.
+REAL_TRANSPORT = {PACKAGE / "net" / "real.py", PACKAGE / "launch.py"}
 
 FORBIDDEN_MODULES = {
     "socket",

@@ -101,16 +101,17 @@ async def _execute(node: DHTNode, line: bytes) -> dict[str, Any]:
             ok = await node.store(command["key"], command["value"], expiration, subkey=command.get("subkey"))
             return {"op": op, "ok": ok, "ms": (trio.current_time() - started) * 1e3}
         if op == "get":
-            found = await node.get(command["key"], latest=bool(command.get("latest", False)))
-            value = None if found is None else found.value
-            if isinstance(value, dict):
-                value = {str(k): v.value for k, v in value.items()}
-            return {
-                "op": op,
-                "found": found is not None,
-                "value": value,
-                "ms": (trio.current_time() - started) * 1e3,
-            }
+            found = await node.get(
+                command["key"],
+                latest=bool(command.get("latest", False)),
+                use_local=bool(command.get("use_local", True)),
+            )
+            answer = {"op": op, "found": found is not None, "ms": (trio.current_time() - started) * 1e3}
+            if found is not None and found.subkeys is not None:
+                answer["subkeys"] = {str(k): v.value for k, v in found.subkeys.items()}
+            elif found is not None:
+                answer["value"] = found.value
+            return answer
         if op == "stats":
             return {
                 "op": op,
@@ -119,5 +120,5 @@ async def _execute(node: DHTNode, line: bytes) -> dict[str, Any]:
                 "address": node.address,
             }
         return {"error": f"unknown op {op!r}; use store, get or stats"}
-    except (ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # one bad command must not take the node down
         return {"error": f"{type(exc).__name__}: {exc}"}

@@ -108,8 +108,8 @@ async def get_active_successors(
     for prefix in prefixes:
         entries: dict[int, ExpertInfo] = {}
         record = found[prefix]
-        if record is not None and isinstance(record.value, dict):
-            for coordinate, item in record.value.items():
+        if record is not None and record.subkeys is not None:
+            for coordinate, item in record.subkeys.items():
                 if not isinstance(coordinate, int) or (
                     grid_size is not None and not 0 <= coordinate < grid_size
                 ):

@@ -45,10 +45,16 @@ class BootstrapError(DHTError):
 
 
 class Found(NamedTuple):
-    """A value read from the DHT. For a dictionary record, ``value`` maps sub-keys to ``Found``."""
+    """A record read from the DHT: a plain ``value``, or for a dictionary record (``subkeys`` is not
+    None) its live entries, each a ``Found`` of its own, with ``value`` None."""
 
     value: Any
     expiration: float
+    subkeys: dict[Any, Found] | None = None
+
+    @property
+    def is_dictionary(self) -> bool:
+        return self.subkeys is not None
 
 
 @dataclass(frozen=True)
@@ -183,17 +189,20 @@ class DHTNode:
             return await self._replicate(store_items, exclude_self=False)
         return [False] * len(store_items)
 
-    async def get(self, key: Key, *, latest: bool = False) -> Found | None:
-        """The value under ``key``, or None. ``latest`` asks every replica and merges the newest."""
-        return (await self.get_many([key], latest=latest))[key]
+    async def get(self, key: Key, *, latest: bool = False, use_local: bool = True) -> Found | None:
+        """The value under ``key``, or None. ``latest`` asks every replica and merges the newest;
+        ``use_local=False`` ignores what this node holds itself and asks the network."""
+        return (await self.get_many([key], latest=latest, use_local=use_local))[key]
 
-    async def get_many(self, keys: Sequence[Key], *, latest: bool = False) -> dict[Key, Found | None]:
+    async def get_many(
+        self, keys: Sequence[Key], *, latest: bool = False, use_local: bool = True
+    ) -> dict[Key, Found | None]:
         now = self.host.wall_time()
         records: dict[NodeID, Record | None] = {}
         targets: list[NodeID] = []
         for key in keys:
             target = key_id(key)
-            local = self.storage.get(target, now)
+            local = self.storage.get(target, now) if use_local else None
             records[target] = local
             if local is None or latest:
                 targets.append(target)
@@ -259,6 +268,10 @@ class DHTNode:
         async with trio.open_nursery() as nursery:
 
             def launch() -> None:
+                if all(lookup.done for lookup in lookups.values()):
+                    # Every lookup has its answer: stop waiting for stragglers (a dead peer's timeout).
+                    nursery.cancel_scope.cancel()
+                    return
                 batches: dict[Peer, list[Lookup]] = {}
                 for lookup in lookups.values():
                     for peer in lookup.next_peers():
@@ -331,9 +344,9 @@ class DHTNode:
     async def _replicate(self, items: list[wire.StoreItem], *, exclude_self: bool) -> list[bool]:
         """Find each key's closest nodes and store the item there (and here, if we are among them)."""
         targets = {id_from_bytes(item.key) for item in items}
-        lookups = {
-            t: Lookup(t, k=self.config.k, alpha=self.config.alpha, own_id=self.node_id) for t in targets
-        }
+        # Only the num_replicas closest nodes are needed, so the lookup can stop once they answered.
+        width = min(self.config.k, self.config.num_replicas)
+        lookups = {t: Lookup(t, k=width, alpha=self.config.alpha, own_id=self.node_id) for t in targets}
         await self._run_lookups(lookups)
         accepted = [False] * len(items)
         per_peer: dict[Peer, list[int]] = {}
@@ -577,7 +590,7 @@ class DHTNode:
             for subkey, entry in record.subkeys.items()
             if entry.expiration > now
         }
-        return Found(entries, record.expiration) if entries else None
+        return Found(None, record.expiration, entries) if entries else None
 
 
 def _record_from(message: wire.RecordMessage | None) -> Record | None:
