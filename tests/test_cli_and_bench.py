@@ -44,3 +44,29 @@ def test_bench_net_quick_writes_every_key(tmp_path: Path) -> None:
     again = tmp_path / "again.json"
     run("benchmarks/bench_net.py", "--quick", "--json", str(again))
     assert json.loads(again.read_text())["sim_trace_hash"] == data["sim_trace_hash"]
+
+
+def test_bench_dht_writes_its_keys_in_both_modes(tmp_path: Path) -> None:
+    sim = tmp_path / "sim.json"
+    result = run(
+        "benchmarks/bench_dht.py",
+        "--sim",
+        "--nodes",
+        "60",
+        "--duration",
+        "20",
+        "--keys",
+        "20",
+        "--json",
+        str(sim),
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(sim.read_text())
+    assert {"get_success_rate", "mean_rounds", "p50_get_ms", "p99_get_ms", "wall_s"} <= data.keys()
+    assert data["gets"] > 0 and 0 <= data["get_success_rate"] <= 1
+    real = tmp_path / "real.json"
+    result = run("benchmarks/bench_dht.py", "--real", "--nodes", "4", "--keys", "4", "--json", str(real))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(real.read_text())
+    assert {"get_p50_ms", "get_p99_ms", "store_p50_ms", "get_success_rate", "startup_s"} <= data.keys()
+    assert data["get_success_rate"] == 1.0
