@@ -196,7 +196,10 @@ def main() -> None:
             ),
             ("wall seconds", f"{result['wall_s']:.1f}", ""),
         ]
-        title = f"simulated DHT: {result['nodes']} nodes, sessions ~{options.churn:.0f}s, {options.latency * 1e3:.0f} ms links"
+        title = (
+            f"simulated DHT: {result['nodes']} nodes, sessions ~{options.churn:.0f}s, "
+            f"{options.latency * 1e3:.0f} ms links"
+        )
     else:
         result = bench_real(options.nodes or 16, options.keys or 64)
         rows = [
