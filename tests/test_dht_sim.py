@@ -113,3 +113,70 @@ def test_records_survive_crashes_loss_and_a_healed_partition() -> None:
     run_simulation(main, seed=4, latency=Uniform(0.01, 0.06))
     assert all(results["found"]), f"{results['found'].count(False)} of {len(results['found'])} records lost"
     assert results["durations"] and max(results["durations"]) <= config.operation_timeout + 0.01
+
+
+def test_found_values_are_cached_at_the_closest_node_that_lacked_them() -> None:
+    from tesseract.dht.ids import key_id
+
+    config = DHTConfig(num_replicas=2)
+
+    async def main(network: SimNetwork) -> None:
+        nodes = list((await grow_swarm(network, 40, config)).values())
+        await trio.sleep(5)
+        target = key_id("cached")
+        expiration = nodes[0].host.wall_time() + 600
+        assert await nodes[0].store("cached", "v", expiration)
+        holders = {n.node_id for n in nodes if n.storage.get(target, nodes[0].host.wall_time())}
+        reader = next(n for n in nodes if n.node_id not in holders)
+        assert (await reader.get("cached", use_local=False)).value == "v"
+        await trio.sleep(1)
+        now = nodes[0].host.wall_time()
+        now_holding = {n.node_id for n in nodes if n.storage.get(target, now)}
+        assert len(now_holding) > len(holders)  # someone on the path now caches it
+
+    run_simulation(main, seed=5, latency=0.02)
+
+
+def test_graceful_leave_hands_records_over() -> None:
+    config = DHTConfig(num_replicas=1)
+
+    async def main(network: SimNetwork) -> None:
+        nodes = list((await grow_swarm(network, 20, config)).values())
+        await trio.sleep(5)
+        assert await nodes[3].store("handed-over", 42, nodes[0].host.wall_time() + 600)
+        from tesseract.dht.ids import key_id
+
+        now = nodes[0].host.wall_time()
+        (holder,) = [n for n in nodes if n.storage.get(key_id("handed-over"), now)]
+        await holder.leave()
+        holder.host.crash()
+        reader = next(n for n in nodes if n is not holder and n.host.up)
+        found = await reader.get("handed-over", use_local=False)
+        assert found is not None and found.value == 42
+
+    run_simulation(main, seed=6, latency=0.02)
+
+
+def test_unresponsive_peers_are_blacklisted_with_backoff_and_buckets_refresh() -> None:
+    config = DHTConfig(request_timeout=1.0, refresh_interval=30.0, republish_interval=60.0)
+
+    async def main(network: SimNetwork) -> None:
+        nodes = list((await grow_swarm(network, 30, config)).values())
+        dead = nodes[7]
+        dead.host.crash()
+        probe = nodes[0]
+        started = trio.current_time()
+        assert not await probe.ping(dead.address)  # one timeout (with its retry)
+        assert trio.current_time() - started >= 0.99
+        started = trio.current_time()
+        assert not await probe.ping(dead.address)  # blacklisted: answered at once
+        assert trio.current_time() - started < 0.01
+        assert probe.stats["blacklisted_skips"] >= 1
+        await trio.sleep(5 * config.refresh_interval)
+        now = trio.current_time()
+        assert all(
+            now - bucket.last_updated < 2 * config.refresh_interval for bucket in probe.routing.buckets
+        )
+        assert dead.node_id not in probe.routing
+
+    run_simulation(main, seed=7, latency=0.02)
