@@ -205,3 +205,15 @@ def test_full_store_keeps_fresher_records_against_a_flood() -> None:
 def test_oversized_values_are_refused() -> None:
     store = RecordStore(max_value_size=10)
     assert store.store(1, b"x" * 11, expiration=10.0, now=0.0) == (False, "too_large")
+
+
+def test_a_refused_newcomer_evicts_nothing() -> None:
+    store = RecordStore(max_entries=10, max_bytes=30, max_value_size=30)
+    assert store.store(1, b"a" * 10, expiration=10.0, now=0.0).accepted
+    assert store.store(2, b"b" * 10, expiration=100.0, now=0.0).accepted
+    assert store.store(3, b"c" * 10, expiration=100.0, now=0.0).accepted
+    # Needs 20 bytes: only the 10-byte entry expiring at 10 is older than the newcomer (50).
+    assert store.store(4, b"d" * 20, expiration=50.0, now=0.0) == (False, "full")
+    assert store.get(1, now=1.0) is not None and store.evicted == []
+    assert store.store(5, b"e" * 10, expiration=50.0, now=0.0).accepted  # one 10-byte eviction is enough
+    assert store.get(1, now=1.0) is None and [e[0] for e in store.evicted] == [1]

@@ -547,11 +547,19 @@ class DHTNode:
             await trio.sleep(period * (0.75 + 0.5 * rng.random()))
             now = self.host.wall_time()
             self.storage.purge(now)
+            self._forget_stale_peers_and_keys()
             for target in self.routing.stale_buckets(trio.current_time(), self.config.refresh_interval, rng):
                 await self.find_nodes(target)
             if trio.current_time() >= next_republish:
                 next_republish = trio.current_time() + self.config.republish_interval
                 await self.republish()
+
+    def _forget_stale_peers_and_keys(self) -> None:
+        """Bookkeeping about peers and keys must not grow without bound."""
+        clock = trio.current_time()
+        self._blacklist = {a: entry for a, entry in self._blacklist.items() if entry[0] > clock}
+        held = set(self.storage.stored_keys())
+        self._last_refreshed = {key: at for key, at in self._last_refreshed.items() if key in held}
 
     async def republish(self) -> None:
         """Re-store what we hold (and what we published) on the nodes now closest to it.

@@ -144,16 +144,34 @@ class RecordStore:
         return (1, len(old.value) + len(subkey)) if old is not None else (0, 0)
 
     def _make_room(self, extra_bytes: int, extra_entries: int, expiration: float, now: float) -> bool:
+        """Evict earliest-expiring entries for a newcomer expiring at ``expiration``, or evict nothing:
+        if the room cannot be made from entries that expire sooner than the newcomer, refuse it."""
         self.purge(now)
-        while self.entries + extra_entries > self.max_entries or self.bytes + extra_bytes > self.max_bytes:
+        entries_over = self.entries + extra_entries - self.max_entries
+        bytes_over = self.bytes + extra_bytes - self.max_bytes
+        victims: list[tuple[float, NodeID, SubKey | None]] = []
+        while entries_over > 0 or bytes_over > 0:
             victim = self._earliest_live()
             if victim is None or victim[0] >= expiration:
-                return False  # everything stored outlives the newcomer: refuse it, keep them
-            victim_expiration, key, subkey = heapq.heappop(self._by_expiration)
+                for entry in victims:  # not enough room: put the candidates back untouched
+                    heapq.heappush(self._by_expiration, entry)
+                return False
+            heapq.heappop(self._by_expiration)
+            victims.append(victim)
+            entries_over -= 1
+            bytes_over -= self._entry_size(victim[1], victim[2])
+        for victim_expiration, key, subkey in victims:
             self._remove_entry(key, subkey)
             self.evicted.append((key, subkey, victim_expiration))
-            del self.evicted[:-100]
+        del self.evicted[:-100]
         return True
+
+    def _entry_size(self, key: NodeID, subkey: SubKey | None) -> int:
+        record = self._records[key]
+        if subkey is None:
+            assert record.value is not None
+            return len(record.value.value)
+        return len(record.subkeys[subkey].value) + len(subkey)
 
     def _earliest_live(self) -> tuple[float, NodeID, SubKey | None] | None:
         heap = self._by_expiration
