@@ -216,3 +216,17 @@ def test_misbehaving_handlers_cannot_take_the_server_down(world: World) -> None:
             ).value == 3
 
     world.run(main)
+
+
+def test_timed_out_calls_leave_nothing_behind(world: World) -> None:
+    async def main(world: World) -> None:
+        server_host, _ = await start_server(world)
+        async with RPCClient(await world.new_host()) as client:
+            for _ in range(20):
+                with pytest.raises(CallTimeout):
+                    await client.call(server_host.address, "sleep", Sleep(30.0), Empty, timeout=0.05)
+            (connection,) = client._connections.values()
+            assert connection.pending == {}
+            assert (await client.call(server_host.address, "add", Add(1, 1), Sum, timeout=5)).value == 2
+
+    world.run(main)

@@ -214,9 +214,11 @@ def encode_reply(router: Router, envelope: Any, payload: Any, encode: Callable[.
 class _Pending:
     """One call waiting for its reply."""
 
-    __slots__ = ("done", "envelope", "error", "frame")
+    __slots__ = ("call_id", "connection", "done", "envelope", "error", "frame")
 
-    def __init__(self) -> None:
+    def __init__(self, call_id: int, connection: _Connection) -> None:
+        self.call_id = call_id
+        self.connection = connection
         self.done = trio.Event()
         self.envelope: Response | ErrorReply | None = None
         self.frame: Frame | None = None
@@ -281,9 +283,14 @@ class RPCClient:
         reached or drops the connection, ``RemoteError`` for the peer's typed error replies.
         """
         deadline = trio.current_time() + timeout
-        with trio.move_on_at(deadline) as scope:
-            pending = await self._send_request(address, method, request, deadline)
-            await pending.done.wait()
+        pending: _Pending | None = None
+        try:
+            with trio.move_on_at(deadline) as scope:
+                pending = await self._send_request(address, method, request, deadline)
+                await pending.done.wait()
+        finally:
+            if pending is not None and not pending.done.is_set():
+                self._abandon(pending)  # timed out or cancelled: a late reply will find nobody
         if scope.cancelled_caught:
             self.stats["timeouts"] += 1
             raise CallTimeout(f"{method} on {address} did not answer within {timeout:.3g}s")
@@ -308,7 +315,7 @@ class RPCClient:
         )
         for attempt in (1, 2):
             connection, reused = await self._connection(address)
-            pending = connection.pending[call_id] = _Pending()
+            pending = connection.pending[call_id] = _Pending(call_id, connection)
             try:
                 await acquire_lock(connection.lock)
             except BaseException:
@@ -382,6 +389,12 @@ class RPCClient:
             pending.envelope = envelope
             pending.frame = frame
             pending.done.set()
+
+    def _abandon(self, pending: _Pending) -> None:
+        connection = pending.connection
+        connection.pending.pop(pending.call_id, None)
+        if not connection.writable and not connection.pending:
+            connection.reader_scope.cancel()
 
     def _retire(self, connection: _Connection) -> None:
         connection.writable = False
