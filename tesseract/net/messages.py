@@ -39,6 +39,8 @@ class ErrorCode(enum.StrEnum):
     FRAME_TOO_LARGE = "frame_too_large"
     INTERNAL = "internal"  # the handler failed; its exception text follows
     CLOCK_SKEW = "clock_skew"  # the sender's clock disagrees with ours beyond the allowed skew
+    NOT_FOUND = "not_found"  # no such expert (or other named object) here
+    UNAVAILABLE = "unavailable"  # shutting down: try another peer
 
 
 class Request(msgspec.Struct, tag=1, array_like=True):

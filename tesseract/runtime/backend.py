@@ -1,0 +1,143 @@
+"""One expert on one device: forward, backward with an optimizer step, and checkpoints.
+
+``forward`` runs without autograd. ``backward`` gets the inputs back from the client together with
+the gradients of the outputs, recomputes the forward with autograd, returns the gradients of the
+inputs, and applies an optimizer step: the expert learns, asynchronously, from every backward batch.
+A non-finite gradient never reaches the optimizer. These methods are synchronous and heavy: the
+runtime calls them through ``host.compute``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tesseract.runtime.schema import ExpertSchema
+
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+def default_optimizer(parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(parameters, lr=1e-3)
+
+
+class ExpertBackend:
+    def __init__(
+        self,
+        uid: str,
+        module: nn.Module,
+        schema: ExpertSchema,
+        *,
+        optimizer: OptimizerFactory = default_optimizer,
+        scheduler: SchedulerFactory | None = None,
+        clip_grad_norm: float | None = None,
+        max_batch_size: int = 4096,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.uid = uid
+        self.device = torch.device(device)
+        self.module = module.to(self.device)
+        self.schema = schema
+        self.max_batch_size = max_batch_size
+        self.clip_grad_norm = clip_grad_norm
+        self.parameters = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = optimizer(self.parameters)
+        self.scheduler = scheduler(self.optimizer) if scheduler is not None else None
+        self.steps = 0
+        self.skipped_steps = 0  # backward batches whose gradients were not finite
+        self.parameter_count = sum(p.numel() for p in self.module.parameters())
+
+    # ----- compute (synchronous: run through host.compute) -------------------------------------
+
+    def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        with torch.no_grad():
+            outputs = self._call(self._to_device(inputs))
+        return [output.detach().cpu() for output in outputs]
+
+    def backward(self, inputs: list[torch.Tensor], grad_outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        inputs = [
+            tensor.detach().requires_grad_(tensor.dtype.is_floating_point)
+            for tensor in self._to_device(inputs)
+        ]
+        grad_outputs = self._to_device(grad_outputs)
+        with torch.enable_grad():
+            outputs = self._call(inputs)
+            differentiable = [(o, g) for o, g in zip(outputs, grad_outputs, strict=True) if o.requires_grad]
+            if differentiable:
+                torch.autograd.backward([o for o, _ in differentiable], [g for _, g in differentiable])
+        grads = [
+            tensor.grad.detach().cpu() if tensor.grad is not None else torch.zeros_like(tensor, device="cpu")
+            for tensor in inputs
+        ]
+        self._step()
+        return grads
+
+    def _call(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        outputs = self.module(*inputs)
+        return list(outputs) if isinstance(outputs, tuple | list) else [outputs]
+
+    def _to_device(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.device.type == "cpu":
+            return tensors
+        # Pinned host memory lets the copy run asynchronously, overlapping the kernels queued before it.
+        return [tensor.pin_memory().to(self.device, non_blocking=True) for tensor in tensors]
+
+    def _step(self) -> None:
+        gradients = [p.grad for p in self.parameters if p.grad is not None]
+        if gradients and not all(bool(torch.isfinite(g).all()) for g in gradients):
+            self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        if self.clip_grad_norm is not None and gradients:
+            nn.utils.clip_grad_norm_(self.parameters, self.clip_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.steps += 1
+
+    def flops(self, kind: str, batch_size: int) -> float:
+        """A rough cost for the simulator: 2 flops per parameter per sample forward, 3x that backward."""
+        forward = 2.0 * self.parameter_count * batch_size
+        return forward if kind == "forward" else 3.0 * forward
+
+    # ----- checkpoints -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "module": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "steps": self.steps,
+        }
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        return state
+
+    def save(self, directory: Path) -> Path:
+        """Write this expert's state to ``directory/<uid>.pt`` (atomically: a crash leaves the old one)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{self.uid}.pt"
+        partial = path.with_suffix(".pt.partial")
+        torch.save(self.state_dict(), partial)
+        partial.replace(path)
+        (directory / f"{self.uid}.json").write_text(json.dumps({"uid": self.uid, "steps": self.steps}))
+        return path
+
+    def load(self, directory: Path) -> bool:
+        """Restore from ``directory/<uid>.pt`` if it exists (our own file, loaded with weights_only)."""
+        path = directory / f"{self.uid}.pt"
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.steps = int(state["steps"])
+        return True

@@ -1,0 +1,124 @@
+"""The runtime: one loop per device that turns task pools into batches and batches into compute.
+
+``submit`` is what a server's request handler awaits; ``run`` is the loop. Every batch goes through
+``host.compute`` (a worker thread on a real host, virtual time in the simulator), so the event loop
+keeps serving the network while an expert computes, and new requests pile up into the next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import trio
+
+from tesseract.net.errors import RemoteError
+from tesseract.net.host import Host
+from tesseract.net.messages import ErrorCode
+from tesseract.runtime.backend import ExpertBackend
+from tesseract.runtime.pool import BACKWARD, FORWARD, Task, TaskPool, pick_pool
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExpertStats:
+    requests: int = 0
+    samples: int = 0
+    batches: int = 0
+    queue_wait_s: float = 0.0  # summed over requests: arrival to the start of their batch
+    compute_s: float = 0.0  # summed over batches
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.samples / self.batches if self.batches else 0.0
+
+    @property
+    def mean_queue_wait_s(self) -> float:
+        return self.queue_wait_s / self.requests if self.requests else 0.0
+
+
+class Runtime:
+    def __init__(self, host: Host, backends: Iterable[ExpertBackend]) -> None:
+        self.host = host
+        self.backends = {backend.uid: backend for backend in backends}
+        self.pools = {
+            (uid, kind): TaskPool(uid, kind, backend.max_batch_size)
+            for uid, backend in self.backends.items()
+            for kind in (FORWARD, BACKWARD)
+        }
+        self.stats = {(uid, kind): ExpertStats() for uid, kind in self.pools}
+        #: Row counts of every batch run, per (uid, kind), in order: lets tests replay training exactly.
+        self.batch_log: list[tuple[str, str, list[int]]] = []
+        self.keep_batch_log = False
+        self._wakeup = trio.Event()
+
+    async def submit(self, uid: str, kind: str, tensors: list[torch.Tensor], rows: int) -> list[torch.Tensor]:
+        """Queue one request's rows and wait for its share of the batch's outputs."""
+        task = Task(tensors, rows, trio.current_time(), trio.Event())
+        self.pools[(uid, kind)].submit(task)
+        self._wakeup.set()
+        try:
+            await task.event.wait()
+        except BaseException:
+            task.cancelled = True  # its deadline passed, or the client left: not worth computing
+            raise
+        if task.error is not None:
+            raise task.error
+        assert task.outputs is not None
+        return task.outputs
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        pools = list(self.pools.values())
+        task_status.started()
+        while True:
+            pool = pick_pool(pools)
+            if pool is None:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+                continue
+            await self._run_batch(pool, pool.take_batch())
+
+    async def _run_batch(self, pool: TaskPool, batch: list[Task]) -> None:
+        backend = self.backends[pool.uid]
+        stats = self.stats[(pool.uid, pool.kind)]
+        started = trio.current_time()
+        rows = [task.rows for task in batch]
+        total = sum(rows)
+        try:
+            columns = [
+                torch.cat(parts) if len(parts) > 1 else parts[0]
+                for parts in zip(*(t.tensors for t in batch), strict=True)
+            ]
+            if pool.kind == FORWARD:
+                outputs = await self.host.compute(
+                    backend.forward, columns, flops=backend.flops(FORWARD, total)
+                )
+            else:
+                count = len(backend.schema.inputs)
+                outputs = await self.host.compute(
+                    backend.backward, columns[:count], columns[count:], flops=backend.flops(BACKWARD, total)
+                )
+        except Exception as exc:
+            logger.exception("%s %s of %d rows failed", pool.uid, pool.kind, total)
+            error = RemoteError(
+                ErrorCode.INTERNAL.value, f"{pool.uid} {pool.kind} failed: {type(exc).__name__}: {exc}"
+            )
+            for task in batch:
+                task.error = error
+                task.event.set()
+            return
+        finished = trio.current_time()
+        stats.batches += 1
+        stats.requests += len(batch)
+        stats.samples += total
+        stats.compute_s += finished - started
+        stats.queue_wait_s += sum(started - task.arrival for task in batch)
+        if self.keep_batch_log:
+            self.batch_log.append((pool.uid, pool.kind, rows))
+        pieces = [torch.split(output, rows) for output in outputs]
+        for index, task in enumerate(batch):
+            task.outputs = [piece[index] for piece in pieces]
+            task.event.set()

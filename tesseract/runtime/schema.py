@@ -1,0 +1,75 @@
+"""What an expert takes and returns, and the checks every incoming batch passes before torch runs it.
+
+Shapes exclude the batch dimension. A batch is rejected, with a message naming the tensor and the
+problem, for the wrong number of tensors, a wrong dtype or trailing shape, disagreeing batch sizes,
+an empty or over-limit batch, or NaN/inf values.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import torch
+
+from tesseract.net.errors import RemoteError
+from tesseract.net.messages import ErrorCode
+from tesseract.net.tensors import DTYPE_NAMES, DTYPES
+
+
+class TensorSchema(msgspec.Struct, array_like=True, frozen=True):
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A random batch of this shape (for tests, benchmarks and cost estimates)."""
+        shape = (batch_size, *self.shape)
+        if self.torch_dtype.is_floating_point:
+            return torch.randn(shape, generator=generator).to(self.torch_dtype)
+        return torch.randint(0, 2, shape, generator=generator).to(self.torch_dtype)
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> TensorSchema:
+        """The schema of one sample of a batched tensor."""
+        return cls(tuple(tensor.shape[1:]), DTYPE_NAMES[tensor.dtype])
+
+
+class ExpertSchema(msgspec.Struct, array_like=True, frozen=True):
+    inputs: tuple[TensorSchema, ...]
+    outputs: tuple[TensorSchema, ...]
+
+
+def bad_request(message: str) -> RemoteError:
+    return RemoteError(ErrorCode.BAD_REQUEST.value, message)
+
+
+def check_batch(
+    tensors: list[torch.Tensor], schemas: tuple[TensorSchema, ...], *, what: str, max_batch_size: int
+) -> int:
+    """Validate a batch against its schema; return the batch size or raise a ``bad_request`` error."""
+    if len(tensors) != len(schemas):
+        raise bad_request(f"{what}: expected {len(schemas)} tensors, got {len(tensors)}")
+    batch_size: int | None = None
+    for index, (tensor, schema) in enumerate(zip(tensors, schemas, strict=True)):
+        if tensor.dtype != schema.torch_dtype:
+            raise bad_request(f"{what}[{index}]: dtype {DTYPE_NAMES[tensor.dtype]}, expected {schema.dtype}")
+        if tensor.dim() != len(schema.shape) + 1 or tuple(tensor.shape[1:]) != schema.shape:
+            raise bad_request(
+                f"{what}[{index}]: shape {list(tensor.shape)}, expected [batch, {', '.join(map(str, schema.shape))}]"
+            )
+        if batch_size is None:
+            batch_size = tensor.shape[0]
+        elif tensor.shape[0] != batch_size:
+            raise bad_request(f"{what}[{index}]: batch size {tensor.shape[0]} differs from {batch_size}")
+        if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+            raise bad_request(f"{what}[{index}]: contains NaN or infinite values")
+    assert batch_size is not None
+    if batch_size == 0:
+        raise bad_request(f"{what}: empty batch")
+    if batch_size > max_batch_size:
+        raise bad_request(
+            f"{what}: batch of {batch_size} exceeds this expert's max_batch_size {max_batch_size}"
+        )
+    return batch_size

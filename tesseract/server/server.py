@@ -1,0 +1,170 @@
+"""The expert server: serves ``info``, ``forward`` and ``backward`` for its experts and announces them.
+
+``async with ExpertServer.start(host, backends, dht=node) as server`` serves until the block ends,
+then shuts down gracefully: it stops announcing, refuses new requests (``unavailable``), lets the
+requests in flight finish, and saves every expert's checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from tesseract.concurrency import background_nursery
+from tesseract.dht.node import DHTNode
+from tesseract.net import RemoteError, Router, RPCServer
+from tesseract.net.framing import DEFAULT_MAX_FRAME_SIZE
+from tesseract.net.host import Host
+from tesseract.net.messages import ErrorCode
+from tesseract.net.tensors import deserialize_tensor, serialize_tensor
+from tesseract.runtime.backend import ExpertBackend
+from tesseract.runtime.pool import BACKWARD, FORWARD
+from tesseract.runtime.runtime import ExpertStats, Runtime
+from tesseract.runtime.schema import check_batch
+from tesseract.server import protocol as wire
+
+logger = logging.getLogger(__name__)
+
+
+class ExpertServer:
+    def __init__(
+        self,
+        host: Host,
+        backends: Sequence[ExpertBackend],
+        *,
+        dht: DHTNode | None = None,
+        update_period: float = 30.0,
+        checkpoint_dir: Path | None = None,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
+        self.host = host
+        self.backends = {backend.uid: backend for backend in backends}
+        self.dht = dht
+        self.update_period = update_period
+        self.checkpoint_dir = checkpoint_dir
+        self.runtime = Runtime(host, backends)
+        router = Router()
+        router.add("expert.info", wire.InfoRequest, self._on_info)
+        router.add("expert.forward", wire.ForwardRequest, self._on_forward)
+        router.add("expert.backward", wire.BackwardRequest, self._on_backward)
+        self.rpc = RPCServer(host, router, max_frame_size=max_frame_size)
+        self.accepting = True
+        self._inflight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self.announcements = 0
+
+    @property
+    def address(self) -> str:
+        return self.host.address
+
+    @property
+    def errors(self):
+        return self.rpc.stats
+
+    def stats(self) -> dict[str, dict[str, ExpertStats]]:
+        return {
+            uid: {kind: self.runtime.stats[(uid, kind)] for kind in (FORWARD, BACKWARD)}
+            for uid in self.backends
+        }
+
+    # ----- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def start(
+        cls, host: Host, backends: Sequence[ExpertBackend], **options
+    ) -> AsyncIterator[ExpertServer]:
+        server = cls(host, backends, **options)
+        if server.checkpoint_dir is not None:
+            restored = [b.uid for b in backends if b.load(server.checkpoint_dir)]
+            if restored:
+                logger.info("restored %d experts from %s", len(restored), server.checkpoint_dir)
+        async with background_nursery() as nursery:
+            await nursery.start(server.runtime.run)
+            await nursery.start(server.rpc.serve)
+            if server.dht is not None:
+                await nursery.start(server._announce)
+            try:
+                yield server
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(30):
+                    await server.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop announcing and accepting, finish what is in flight, save checkpoints."""
+        self.accepting = False
+        await self._idle.wait()
+        if self.checkpoint_dir is not None:
+            for backend in self.backends.values():
+                await self.host.compute(backend.save, self.checkpoint_dir)
+
+    async def _announce(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Declare our experts every ``update_period``, each declaration valid for twice that."""
+        assert self.dht is not None
+        uids = list(self.backends)
+        first = True
+        while self.accepting:
+            expiration = self.host.wall_time() + 2 * self.update_period
+            stored = await self.dht.declare_experts(uids, self.address, expiration)
+            self.announcements += 1
+            if not all(stored.values()):
+                logger.warning("announced %d of %d experts", sum(stored.values()), len(uids))
+            if first:
+                task_status.started()
+                first = False
+            await trio.sleep(self.update_period)
+
+    # ----- handlers ----------------------------------------------------------------------------
+
+    def _backend(self, uid: str) -> ExpertBackend:
+        if not self.accepting:
+            raise RemoteError(ErrorCode.UNAVAILABLE.value, "this server is shutting down")
+        backend = self.backends.get(uid)
+        if backend is None:
+            raise RemoteError(ErrorCode.NOT_FOUND.value, f"no expert {uid!r} on this server")
+        return backend
+
+    async def _on_info(self, request: wire.InfoRequest, peer: str) -> wire.InfoResponse:
+        backend = self._backend(request.uid)
+        return wire.InfoResponse(backend.uid, backend.schema, backend.max_batch_size)
+
+    async def _on_forward(self, request: wire.ForwardRequest, peer: str) -> wire.ForwardResponse:
+        backend = self._backend(request.uid)
+        inputs = [deserialize_tensor(t) for t in request.inputs]
+        rows = check_batch(
+            inputs, backend.schema.inputs, what="inputs", max_batch_size=backend.max_batch_size
+        )
+        outputs = await self._submit(backend.uid, FORWARD, inputs, rows)
+        return wire.ForwardResponse([serialize_tensor(t) for t in outputs])
+
+    async def _on_backward(self, request: wire.BackwardRequest, peer: str) -> wire.BackwardResponse:
+        backend = self._backend(request.uid)
+        inputs = [deserialize_tensor(t) for t in request.inputs]
+        grads = [deserialize_tensor(t) for t in request.grad_outputs]
+        rows = check_batch(
+            inputs, backend.schema.inputs, what="inputs", max_batch_size=backend.max_batch_size
+        )
+        grad_rows = check_batch(
+            grads, backend.schema.outputs, what="grad_outputs", max_batch_size=backend.max_batch_size
+        )
+        if grad_rows != rows:
+            raise RemoteError(
+                ErrorCode.BAD_REQUEST.value, f"grad_outputs have {grad_rows} rows, inputs {rows}"
+            )
+        grad_inputs = await self._submit(backend.uid, BACKWARD, inputs + grads, rows)
+        return wire.BackwardResponse([serialize_tensor(t) for t in grad_inputs])
+
+    async def _submit(self, uid: str, kind: str, tensors: list, rows: int) -> list:
+        self._inflight += 1
+        self._idle = trio.Event() if self._inflight == 1 else self._idle
+        try:
+            return await self.runtime.submit(uid, kind, tensors, rows)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()

@@ -1,0 +1,75 @@
+"""Helpers for the expert server tests: start a server in a world, call it like a client would."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import trio
+
+from tesseract.net import RPCClient, deserialize_tensor, serialize_tensor
+from tesseract.runtime import ExpertBackend, make_expert
+from tesseract.server import ExpertServer
+from tesseract.server import protocol as wire
+from tests.worlds import World
+
+
+def make_backend(
+    uid: str, expert_cls: str = "ffn", hidden_dim: int = 16, seed: int = 0, **options
+) -> ExpertBackend:
+    torch.manual_seed(seed)
+    module, schema = make_expert(expert_cls, hidden_dim, **options.pop("expert_kwargs", {}))
+    return ExpertBackend(uid, module, schema, **options)
+
+
+def local_twin(backend: ExpertBackend) -> ExpertBackend:
+    """An identical backend (same weights, same optimizer settings) to compute the expected results."""
+    return ExpertBackend(
+        backend.uid, copy.deepcopy(backend.module), backend.schema, max_batch_size=backend.max_batch_size
+    )
+
+
+async def start_server(world: World, backends: list[ExpertBackend], **options) -> ExpertServer:
+    host = await world.new_host()
+    started: list[ExpertServer] = []
+
+    async def serve() -> None:
+        async with ExpertServer.start(host, backends, **options) as server:
+            started.append(server)
+            await trio.sleep_forever()
+
+    world.start(host, serve)
+    with trio.fail_after(10):
+        while not started:
+            await trio.sleep(0.01)
+    return started[0]
+
+
+async def forward(
+    client: RPCClient, address: str, uid: str, inputs: list[torch.Tensor], timeout: float = 30
+) -> list[torch.Tensor]:
+    request = wire.ForwardRequest(uid, [serialize_tensor(t) for t in inputs])
+    reply = await client.call(address, "expert.forward", request, wire.ForwardResponse, timeout=timeout)
+    return [deserialize_tensor(t) for t in reply.outputs]
+
+
+async def backward(
+    client: RPCClient,
+    address: str,
+    uid: str,
+    inputs: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    timeout: float = 30,
+) -> list[torch.Tensor]:
+    request = wire.BackwardRequest(
+        uid, [serialize_tensor(t) for t in inputs], [serialize_tensor(g) for g in grads]
+    )
+    reply = await client.call(address, "expert.backward", request, wire.BackwardResponse, timeout=timeout)
+    return [deserialize_tensor(t) for t in reply.grad_inputs]
+
+
+def same_weights(a: ExpertBackend, b: ExpertBackend, atol: float = 1e-5) -> bool:
+    return all(
+        torch.allclose(x, y, atol=atol)
+        for x, y in zip(a.module.state_dict().values(), b.module.state_dict().values(), strict=True)
+    )
