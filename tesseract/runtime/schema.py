@@ -56,9 +56,8 @@ def check_batch(
         if tensor.dtype != schema.torch_dtype:
             raise bad_request(f"{what}[{index}]: dtype {DTYPE_NAMES[tensor.dtype]}, expected {schema.dtype}")
         if tensor.dim() != len(schema.shape) + 1 or tuple(tensor.shape[1:]) != schema.shape:
-            raise bad_request(
-                f"{what}[{index}]: shape {list(tensor.shape)}, expected [batch, {', '.join(map(str, schema.shape))}]"
-            )
+            expected = ", ".join(["batch", *map(str, schema.shape)])
+            raise bad_request(f"{what}[{index}]: shape {list(tensor.shape)}, expected [{expected}]")
         if batch_size is None:
             batch_size = tensor.shape[0]
         elif tensor.shape[0] != batch_size:
