@@ -25,8 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     dht = commands.add_parser("dht", help="run a standalone DHT node")
     dht_command.add_arguments(dht)
+    server = commands.add_parser("server", help="host experts and announce them to the DHT")
+    _server_command().add_arguments(server)
     bench = commands.add_parser("bench", help="run a benchmark from benchmarks/ (in a source checkout)")
-    bench.add_argument("name", choices=["net", "dht"], help="which benchmark")
+    bench.add_argument("name", choices=["net", "dht", "throughput"], help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     return parser
 
@@ -36,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parser.parse_args(argv)
     if options.command == "dht":
         return dht_command.run(options)
+    if options.command == "server":
+        return _server_command().run(options)
     if options.command == "bench":
         script = BENCHMARKS / f"bench_{options.name}.py"
         if not script.exists():
@@ -45,3 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     parser.print_help()
     return 0
+
+
+def _server_command():
+    """Imported on demand: it loads torch, which the other commands do not need."""
+    from tesseract.server import command
+
+    return command

@@ -1,0 +1,198 @@
+"""``tesseract server``: host experts on this machine's device and announce them to the DHT.
+
+    tesseract server --experts 'ffn.[0:4].[0:8]' --expert-cls ffn --hidden-dim 1024 --device auto \\
+        --listen 0.0.0.0:31337 --initial-peers HOST:PORT --checkpoint-dir ./checkpoints
+
+It prints its address, then a one-line status every ``--status-interval`` seconds; on SIGINT or
+SIGTERM it stops announcing, finishes what is in flight, and saves its checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import signal
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+import trio
+
+from tesseract.dht.experts import parse_uid
+from tesseract.dht.node import BootstrapError, DHTNode
+from tesseract.net.real import RealHost
+from tesseract.runtime.backend import ExpertBackend
+from tesseract.runtime.zoo import make_expert
+from tesseract.server.server import ExpertServer
+
+_RANGE = re.compile(r"\[(\d+):(\d+)\]")
+
+
+def expand_experts(pattern: str) -> list[str]:
+    """``ffn.[0:2].[0:3]`` -> ffn.0.0 ... ffn.1.2; commas separate patterns; each uid is validated."""
+    uids: list[str] = []
+    for part in filter(None, (p.strip() for p in pattern.split(","))):
+        choices = []
+        for component in part.split("."):
+            match = _RANGE.fullmatch(component)
+            if match:
+                low, high = int(match.group(1)), int(match.group(2))
+                if high <= low:
+                    raise ValueError(f"empty range {component} in {part!r}")
+                choices.append([str(i) for i in range(low, high)])
+            else:
+                choices.append([component])
+        for combination in itertools.product(*choices):
+            uid = ".".join(combination)
+            parse_uid(uid)
+            uids.append(uid)
+    if not uids:
+        raise ValueError(f"no experts in {pattern!r}")
+    if len(set(uids)) != len(uids):
+        raise ValueError(f"{pattern!r} names some experts twice")
+    return uids
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experts", required=True, help="uids or patterns, e.g. 'ffn.[0:4].[0:8]' (comma-separated)")
+    parser.add_argument("--expert-cls", default="ffn", help="ffn, transformer, nop, or package.module:Class")
+    parser.add_argument("--hidden-dim", type=int, default=1024)
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT for TCP (experts) and UDP (DHT)")
+    parser.add_argument("--initial-peers", nargs="*", default=[], metavar="ADDR", help="DHT peers to join through")
+    parser.add_argument("--no-dht", action="store_true", help="serve without joining or starting a DHT")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None)
+    parser.add_argument("--max-batch-size", type=int, default=4096)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--clip-grad-norm", type=float, default=None)
+    parser.add_argument("--update-period", type=float, default=30.0, help="seconds between DHT announcements")
+    parser.add_argument("--status-interval", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=None, help="seed the experts' initial weights")
+    parser.add_argument("--commands", action="store_true", help="answer JSON-line commands ({'op': 'stats'}) on stdin")
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def build_backends(options: argparse.Namespace) -> list[ExpertBackend]:
+    device = resolve_device(options.device)
+    if options.seed is not None:
+        torch.manual_seed(options.seed)
+    backends = []
+    for uid in expand_experts(options.experts):
+        module, schema = make_expert(options.expert_cls, options.hidden_dim)
+        backends.append(
+            ExpertBackend(
+                uid,
+                module,
+                schema,
+                optimizer=lambda params: torch.optim.Adam(params, lr=options.learning_rate),
+                clip_grad_norm=options.clip_grad_norm,
+                max_batch_size=options.max_batch_size,
+                device=device,
+            )
+        )
+    return backends
+
+
+def run(options: argparse.Namespace) -> int:
+    try:
+        backends = build_backends(options)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return trio.run(_main, options, backends)
+    except BootstrapError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+async def _main(options: argparse.Namespace, backends: list[ExpertBackend]) -> int:
+    async with AsyncExitStack() as stack:
+        host = await stack.enter_async_context(RealHost.open(options.listen))
+        dht = None
+        if not options.no_dht:
+            dht = await stack.enter_async_context(DHTNode.start(host, options.initial_peers))
+        server = await stack.enter_async_context(
+            ExpertServer.start(
+                host, backends, dht=dht, update_period=options.update_period, checkpoint_dir=options.checkpoint_dir
+            )
+        )
+        device = backends[0].device
+        say(f"expert server listening on {server.address}: {len(backends)} {options.expert_cls} experts on {device}")
+        if dht is not None:
+            say(f"DHT: others join with --initial-peers {server.address}")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_report_status, server, options.status_interval)
+            if options.commands:
+                nursery.start_soon(_answer_commands, server, nursery.cancel_scope)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    say(f"received {signal.Signals(signum).name}: finishing in-flight work and saving")
+                    break
+            nursery.cancel_scope.cancel()
+    say("stopped")
+    return 0
+
+
+def summary(server: ExpertServer) -> dict[str, Any]:
+    totals: dict[str, Any] = {}
+    for kind in ("forward", "backward"):
+        stats = [server.runtime.stats[(uid, kind)] for uid in server.backends]
+        requests = sum(s.requests for s in stats)
+        batches = sum(s.batches for s in stats)
+        samples = sum(s.samples for s in stats)
+        totals[kind] = {
+            "requests": requests,
+            "samples": samples,
+            "batches": batches,
+            "mean_batch_size": samples / batches if batches else 0.0,
+            "mean_queue_wait_ms": 1e3 * sum(s.queue_wait_s for s in stats) / requests if requests else 0.0,
+            "compute_s": sum(s.compute_s for s in stats),
+        }
+    totals["errors"] = dict(server.errors)
+    totals["steps"] = sum(b.steps for b in server.backends.values())
+    return totals
+
+
+async def _report_status(server: ExpertServer, interval: float) -> None:
+    while True:
+        await trio.sleep(interval)
+        s = summary(server)
+        f, b = s["forward"], s["backward"]
+        say(
+            f"status: forward {f['requests']} req / {f['samples']} samples (batch {f['mean_batch_size']:.1f}, "
+            f"wait {f['mean_queue_wait_ms']:.1f} ms), backward {b['requests']} req / {b['samples']} samples "
+            f"(batch {b['mean_batch_size']:.1f}), compute {f['compute_s'] + b['compute_s']:.1f}s, "
+            f"errors {sum(s['errors'].values())}"
+        )
+
+
+async def _answer_commands(server: ExpertServer, scope: trio.CancelScope) -> None:
+    stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
+    buffer = b""
+    while data := await stdin.receive_some():
+        buffer += data
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if not line.strip():
+                continue
+            try:
+                op = json.loads(line).get("op")
+                answer = summary(server) if op == "stats" else {"error": f"unknown op {op!r}; use stats"}
+            except Exception as exc:  # one bad command must not take the server down
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            say(json.dumps(answer))
+    scope.cancel()
