@@ -58,12 +58,16 @@ def expand_experts(pattern: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--experts", required=True, help="uids or patterns, e.g. 'ffn.[0:4].[0:8]' (comma-separated)")
+    parser.add_argument(
+        "--experts", required=True, help="uids or patterns, e.g. 'ffn.[0:4].[0:8]' (comma-separated)"
+    )
     parser.add_argument("--expert-cls", default="ffn", help="ffn, transformer, nop, or package.module:Class")
     parser.add_argument("--hidden-dim", type=int, default=1024)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT for TCP (experts) and UDP (DHT)")
-    parser.add_argument("--initial-peers", nargs="*", default=[], metavar="ADDR", help="DHT peers to join through")
+    parser.add_argument(
+        "--initial-peers", nargs="*", default=[], metavar="ADDR", help="DHT peers to join through"
+    )
     parser.add_argument("--no-dht", action="store_true", help="serve without joining or starting a DHT")
     parser.add_argument("--checkpoint-dir", type=Path, default=None)
     parser.add_argument("--max-batch-size", type=int, default=4096)
@@ -72,7 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--update-period", type=float, default=30.0, help="seconds between DHT announcements")
     parser.add_argument("--status-interval", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=None, help="seed the experts' initial weights")
-    parser.add_argument("--commands", action="store_true", help="answer JSON-line commands ({'op': 'stats'}) on stdin")
+    parser.add_argument(
+        "--commands", action="store_true", help="answer JSON-line commands ({'op': 'stats'}) on stdin"
+    )
 
 
 def resolve_device(name: str) -> str:
@@ -127,11 +133,17 @@ async def _main(options: argparse.Namespace, backends: list[ExpertBackend]) -> i
             dht = await stack.enter_async_context(DHTNode.start(host, options.initial_peers))
         server = await stack.enter_async_context(
             ExpertServer.start(
-                host, backends, dht=dht, update_period=options.update_period, checkpoint_dir=options.checkpoint_dir
+                host,
+                backends,
+                dht=dht,
+                update_period=options.update_period,
+                checkpoint_dir=options.checkpoint_dir,
             )
         )
         device = backends[0].device
-        say(f"expert server listening on {server.address}: {len(backends)} {options.expert_cls} experts on {device}")
+        say(
+            f"expert server listening on {server.address}: {len(backends)} {options.expert_cls} experts on {device}"
+        )
         if dht is not None:
             say(f"DHT: others join with --initial-peers {server.address}")
         async with trio.open_nursery() as nursery:
