@@ -141,9 +141,8 @@ async def _main(options: argparse.Namespace, backends: list[ExpertBackend]) -> i
             )
         )
         device = backends[0].device
-        say(
-            f"expert server listening on {server.address}: {len(backends)} {options.expert_cls} experts on {device}"
-        )
+        what = f"{len(backends)} {options.expert_cls} experts on {device}"
+        say(f"expert server listening on {server.address}: {what}")
         if dht is not None:
             say(f"DHT: others join with --initial-peers {server.address}")
         async with trio.open_nursery() as nursery:
@@ -185,7 +184,8 @@ async def _report_status(server: ExpertServer, interval: float) -> None:
         s = summary(server)
         f, b = s["forward"], s["backward"]
         say(
-            f"status: forward {f['requests']} req / {f['samples']} samples (batch {f['mean_batch_size']:.1f}, "
+            f"status: forward {f['requests']} req / {f['samples']} samples "
+            f"(batch {f['mean_batch_size']:.1f}, "
             f"wait {f['mean_queue_wait_ms']:.1f} ms), backward {b['requests']} req / {b['samples']} samples "
             f"(batch {b['mean_batch_size']:.1f}), compute {f['compute_s'] + b['compute_s']:.1f}s, "
             f"errors {sum(s['errors'].values())}"
