@@ -96,7 +96,9 @@ class Host(abc.ABC):
     async def compute(self, fn: Callable[..., T], *args: Any, flops: float = 0.0) -> T:
         """Run heavy synchronous work (torch) without blocking the event loop; return its result.
 
-        ``flops`` is the work's size for the simulator's cost model; the real host ignores it.
+        ``flops`` is the work's size: the simulator charges virtual time from it, and the real host
+        runs work announced as tiny (0 < flops < ``inline_flops``) on the loop, skipping a thread
+        hop. Work that calls ``host.bridge`` must leave ``flops`` at 0: it needs its own thread.
         """
 
     @abc.abstractmethod

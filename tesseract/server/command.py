@@ -142,7 +142,7 @@ async def _main(options: argparse.Namespace, backends: list[ExpertBackend]) -> i
         )
         device = backends[0].device
         what = f"{len(backends)} {options.expert_cls} experts on {device}"
-        say(f"expert server listening on {server.address}: {what}")
+        say(f"expert server listening on {server.address} ({what})")
         if dht is not None:
             say(f"DHT: others join with --initial-peers {server.address}")
         async with trio.open_nursery() as nursery:

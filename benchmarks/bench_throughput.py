@@ -1,0 +1,267 @@
+"""Expert server throughput: N client processes, M experts, batch B, against the same work in-process.
+
+    python benchmarks/bench_throughput.py --clients 4 --experts 4 --expert-cls ffn --hidden-dim 1024 \
+        --batch 64
+
+Every client process runs forward then backward of a batch of B rows on the experts in turn, in a
+closed loop. ``remote_samples_per_s`` counts rows that completed both, over all clients, in a window
+after a warm-up; ``local_samples_per_s`` makes the same backend calls in this process, one after the
+other, in the same run; ``efficiency`` is their ratio. ``tiny_fwd_bwd_p50_ms`` is one client calling a
+``nop`` expert with one row, forward then backward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tesseract.launch import NodeProcess
+from tesseract.net import RPCClient, deserialize_tensor, serialize_tensor
+from tesseract.net.real import RealHost
+from tesseract.server import protocol as wire
+from tesseract.server.command import build_backends
+
+
+async def fwd_bwd(client: RPCClient, address: str, uid: str, x: torch.Tensor, g: torch.Tensor) -> None:
+    reply = await client.call(
+        address,
+        "expert.forward",
+        wire.ForwardRequest(uid, [serialize_tensor(x)]),
+        wire.ForwardResponse,
+        timeout=60,
+    )
+    assert deserialize_tensor(reply.outputs[0]).shape == x.shape
+    request = wire.BackwardRequest(uid, [serialize_tensor(x)], [serialize_tensor(g)])
+    reply = await client.call(address, "expert.backward", request, wire.BackwardResponse, timeout=60)
+    assert deserialize_tensor(reply.grad_inputs[0]).shape == x.shape
+
+
+async def client_main(
+    address: str, uids: list[str], batch: int, hidden: int, start_at: float, warmup: float, duration: float
+) -> dict:
+    torch.set_num_threads(1)  # clients only make random inputs; leave the cores to the server
+    x, g = torch.randn(batch, hidden), torch.randn(batch, hidden)
+    window_start, window_end = start_at + warmup, start_at + warmup + duration
+    samples = 0
+    async with RealHost.open("127.0.0.1:0") as host, RPCClient(host) as client:
+        await trio.sleep(max(0.0, start_at - time.time()))
+        index = 0
+        while time.time() < window_end:
+            await fwd_bwd(client, address, uids[index % len(uids)], x, g)
+            index += 1
+            finished = time.time()
+            if window_start <= finished <= window_end:
+                samples += batch
+    return {"samples": samples, "window_s": duration}
+
+
+def run_clients(options: argparse.Namespace, address: str, uids: list[str]) -> int:
+    start_at = time.time() + 3.0  # time for every client process to start and connect
+    command = [
+        sys.executable,
+        __file__,
+        "--client",
+        address,
+        "--uids",
+        ",".join(uids),
+        "--batch",
+        str(options.batch),
+        "--hidden-dim",
+        str(options.hidden_dim),
+        "--start-at",
+        str(start_at),
+        "--warmup",
+        str(options.warmup),
+        "--duration",
+        str(options.duration),
+    ]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(options.clients)]
+    results = []
+    for process in processes:
+        out, _ = process.communicate(timeout=options.warmup + options.duration + 120)
+        if process.returncode != 0:
+            raise RuntimeError(f"a client failed (exit {process.returncode})")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return sum(r["samples"] for r in results)
+
+
+def server_arguments(uids_pattern: str, expert_cls: str, hidden: int, max_batch: int) -> list[str]:
+    return [
+        "server",
+        "--experts",
+        uids_pattern,
+        "--expert-cls",
+        expert_cls,
+        "--hidden-dim",
+        str(hidden),
+        "--max-batch-size",
+        str(max_batch),
+        "--no-dht",
+        "--listen",
+        "127.0.0.1:0",
+        "--status-interval",
+        "3600",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+    ]
+
+
+def local_throughput(options: argparse.Namespace, uids_pattern: str, batch: int) -> float:
+    """The same forward and backward calls on the same experts, in this process, one after another."""
+    namespace = argparse.Namespace(
+        experts=uids_pattern,
+        expert_cls=options.expert_cls,
+        hidden_dim=options.hidden_dim,
+        device="cpu",
+        seed=0,
+        learning_rate=1e-3,
+        clip_grad_norm=None,
+        max_batch_size=options.max_batch_size,
+    )
+    backends = build_backends(namespace)
+    x, g = torch.randn(batch, options.hidden_dim), torch.randn(batch, options.hidden_dim)
+    samples, index = 0, 0
+    warm_until = time.perf_counter() + options.warmup
+    while time.perf_counter() < warm_until:
+        backend = backends[index % len(backends)]
+        backend.forward([x])
+        backend.backward([x], [g])
+        index += 1
+    started = time.perf_counter()
+    while time.perf_counter() - started < options.duration:
+        backend = backends[index % len(backends)]
+        backend.forward([x])
+        backend.backward([x], [g])
+        index += 1
+        samples += batch
+    return samples / (time.perf_counter() - started)
+
+
+async def tiny_latency(address: str, calls: int) -> list[float]:
+    x, g = torch.randn(1, 8), torch.randn(1, 8)
+    times = []
+    async with RealHost.open("127.0.0.1:0") as host, RPCClient(host) as client:
+        for i in range(calls + 50):
+            started = time.perf_counter()
+            await fwd_bwd(client, address, "nop.0", x, g)
+            if i >= 50:
+                times.append(time.perf_counter() - started)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--experts", type=int, default=4)
+    parser.add_argument("--expert-cls", default="ffn")
+    parser.add_argument("--hidden-dim", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--max-batch-size", type=int, default=4096)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--tiny-calls", type=int, default=500)
+    parser.add_argument("--json", type=Path)
+    # Internal: this file is also the client process.
+    parser.add_argument("--client", help=argparse.SUPPRESS)
+    parser.add_argument("--uids", help=argparse.SUPPRESS)
+    parser.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.client:
+        result = trio.run(
+            client_main,
+            options.client,
+            options.uids.split(","),
+            options.batch,
+            options.hidden_dim,
+            options.start_at,
+            options.warmup,
+            options.duration,
+        )
+        print(json.dumps(result))
+        return
+
+    uids_pattern = f"{options.expert_cls}.[0:{options.experts}]"
+    uids = [f"{options.expert_cls}.{i}" for i in range(options.experts)]
+    server = NodeProcess(
+        server_arguments(uids_pattern, options.expert_cls, options.hidden_dim, options.max_batch_size)
+    )
+    server.wait_until_listening()
+    try:
+        remote_samples = run_clients(options, server.address, uids)
+        stats = server.command(op="stats")
+    finally:
+        server.stop()
+    remote = remote_samples / options.duration
+    local = local_throughput(options, uids_pattern, options.batch)
+    # Stricter: in-process calls at the batch size the server actually ran, so batching gains cancel out
+    # and what remains is the cost of serving (network, queues, copies).
+    server_batch = max(1, round(stats["backward"]["mean_batch_size"]))
+    local_same_batch = local_throughput(options, uids_pattern, server_batch)
+
+    tiny_server = NodeProcess(server_arguments("nop.[0:1]", "nop", 8, 64)).wait_until_listening()
+    try:
+        tiny = trio.run(tiny_latency, tiny_server.address, options.tiny_calls)
+    finally:
+        tiny_server.stop()
+
+    result = {
+        "remote_samples_per_s": remote,
+        "local_samples_per_s": local,
+        "efficiency": remote / local,
+        "local_samples_per_s_at_server_batch": local_same_batch,
+        "efficiency_at_server_batch": remote / local_same_batch,
+        "tiny_fwd_bwd_p50_ms": statistics.median(tiny) * 1e3,
+        "tiny_fwd_bwd_p99_ms": sorted(tiny)[int(0.99 * (len(tiny) - 1))] * 1e3,
+        "server_mean_forward_batch": stats["forward"]["mean_batch_size"],
+        "server_mean_backward_batch": stats["backward"]["mean_batch_size"],
+        "parameters": {
+            "clients": options.clients,
+            "experts": options.experts,
+            "expert_cls": options.expert_cls,
+            "hidden_dim": options.hidden_dim,
+            "batch": options.batch,
+            "duration_s": options.duration,
+            "device": "cpu",
+            "torch_threads": torch.get_num_threads(),
+        },
+    }
+    rows = [
+        ("remote samples/s", f"{remote:.1f}", ""),
+        ("local samples/s (in-process)", f"{local:.1f}", ""),
+        ("efficiency", f"{remote / local:.3f}", ">= 0.95"),
+        (f"local samples/s at batch {server_batch}", f"{local_same_batch:.1f}", ""),
+        ("efficiency at server batch", f"{remote / local_same_batch:.3f}", ""),
+        (
+            "server mean batch (fwd / bwd)",
+            f"{stats['forward']['mean_batch_size']:.1f} / {stats['backward']['mean_batch_size']:.1f}",
+            "",
+        ),
+        ("tiny fwd+bwd p50 (ms)", f"{result['tiny_fwd_bwd_p50_ms']:.3f}", "<= 1"),
+        ("tiny fwd+bwd p99 (ms)", f"{result['tiny_fwd_bwd_p99_ms']:.3f}", ""),
+    ]
+    print(
+        f"expert throughput: {options.clients} client processes, {options.experts} {options.expert_cls} "
+        f"experts, hidden {options.hidden_dim}, batch {options.batch}, CPU"
+    )
+    print(f"{'measure':<34}{'value':>16}  target")
+    for name, value, target in rows:
+        print(f"{name:<34}{value:>16}  {target}")
+    if options.json:
+        options.json.write_text(json.dumps(result, indent=2, sort_keys=True))
+        print(f"wrote {options.json}")
+
+
+if __name__ == "__main__":
+    main()
