@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tesseract import __version__
 from tesseract.dht import command as dht_command
+from tesseract.server import options as server_options
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     dht = commands.add_parser("dht", help="run a standalone DHT node")
     dht_command.add_arguments(dht)
     server = commands.add_parser("server", help="host experts and announce them to the DHT")
-    _server_command().add_arguments(server)
+    server_options.add_arguments(server)
     bench = commands.add_parser("bench", help="run a benchmark from benchmarks/ (in a source checkout)")
     bench.add_argument("name", choices=["net", "dht", "throughput"], help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
@@ -39,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.command == "dht":
         return dht_command.run(options)
     if options.command == "server":
-        return _server_command().run(options)
+        from tesseract.server import command as server_command  # loads torch
+
+        return server_command.run(options)
     if options.command == "bench":
         script = BENCHMARKS / f"bench_{options.name}.py"
         if not script.exists():
@@ -49,10 +52,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     parser.print_help()
     return 0
-
-
-def _server_command():
-    """Imported on demand: it loads torch, which the other commands do not need."""
-    from tesseract.server import command
-
-    return command

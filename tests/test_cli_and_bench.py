@@ -32,6 +32,14 @@ def test_python_dash_m_tesseract_matches_the_command() -> None:
     assert result.returncode == 0 and "bench" in result.stdout
 
 
+def test_a_dht_node_starts_without_loading_torch() -> None:
+    """16 DHT processes on two cores start in about a second only because none of them imports torch."""
+    probe = "import sys; from tesseract import cli; cli.build_parser(); print('torch' in sys.modules)"
+    result = run("-c", probe)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
 def test_bench_net_quick_writes_every_key(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = run("-m", "tesseract", "bench", "net", "--quick", "--json", str(out))
@@ -70,3 +78,32 @@ def test_bench_dht_writes_its_keys_in_both_modes(tmp_path: Path) -> None:
     data = json.loads(real.read_text())
     assert {"get_p50_ms", "get_p99_ms", "store_p50_ms", "get_success_rate", "startup_s"} <= data.keys()
     assert data["get_success_rate"] == 1.0
+
+
+def test_bench_throughput_writes_its_keys(tmp_path: Path) -> None:
+    out = tmp_path / "throughput.json"
+    result = run(
+        "benchmarks/bench_throughput.py",
+        "--clients",
+        "2",
+        "--experts",
+        "2",
+        "--hidden-dim",
+        "32",
+        "--batch",
+        "8",
+        "--warmup",
+        "0.5",
+        "--duration",
+        "1",
+        "--tiny-calls",
+        "20",
+        "--json",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    keys = {"remote_samples_per_s", "local_samples_per_s", "efficiency", "tiny_fwd_bwd_p50_ms", "parameters"}
+    assert keys <= data.keys()
+    assert data["remote_samples_per_s"] > 0 and data["local_samples_per_s"] > 0
+    assert data["parameters"]["clients"] == 2 and data["parameters"]["batch"] == 8

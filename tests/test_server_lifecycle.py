@@ -12,7 +12,7 @@ from simulator import DeviceProfile, SimNetwork, run_simulation
 from tesseract.dht import DHTNode
 from tesseract.net import RemoteError, RPCClient
 from tesseract.server import ExpertServer
-from tesseract.server.command import expand_experts
+from tesseract.server.options import expand_experts
 from tests.experts import backward, forward, make_backend, same_weights
 
 
