@@ -14,10 +14,11 @@ import os
 import random
 import socket
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -220,3 +221,54 @@ def keep_freed_memory_for_reuse() -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 31))
+
+
+class BackgroundLoop(Generic[T]):
+    """A trio loop in a daemon thread holding an async context open for synchronous code.
+
+    ``with BackgroundLoop(lambda: open_something()) as value:`` enters the async context manager on
+    the loop's thread and returns what it yields; leaving closes it there and ends the loop. Plain
+    torch code (a training script) then reaches the loop through a host's ``bridge``.
+    """
+
+    def __init__(
+        self, open_context: Callable[[], AbstractAsyncContextManager[T]], *, name: str = "tesseract-loop"
+    ) -> None:
+        self._open_context = open_context
+        self._name = name
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    def __enter__(self) -> T:
+        self._thread = threading.Thread(target=trio.run, args=(self._serve,), name=self._name, daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+    def __exit__(self, *exc_info: Any) -> None:
+        assert self._thread is not None and self._token is not None and self._stop is not None
+        with suppress(trio.RunFinishedError):
+            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join()
+
+    async def _serve(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        try:
+            async with self._open_context() as value:
+                self._value = value
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as exc:
+            if self._ready.is_set():
+                logger.exception("the background loop %s failed while closing", self._name)
+                return
+            self._error = exc
+            self._ready.set()

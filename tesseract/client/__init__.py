@@ -1,0 +1,7 @@
+"""The trainer's side of the swarm: a client session, remote experts and mixture-of-experts layers."""
+
+from tesseract.client.errors import ExpertError, MixtureError
+from tesseract.client.expert import RemoteExpert
+from tesseract.client.session import Client
+
+__all__ = ["Client", "ExpertError", "MixtureError", "RemoteExpert"]

@@ -1,0 +1,17 @@
+"""What a trainer sees when the swarm lets it down: one error type naming the expert and the reason."""
+
+from __future__ import annotations
+
+
+class ExpertError(RuntimeError):
+    """A call to one remote expert failed: timeout, unreachable, a typed error reply, a bad answer."""
+
+    def __init__(self, uid: str, endpoint: str, reason: str) -> None:
+        self.uid = uid
+        self.endpoint = endpoint
+        self.reason = reason
+        super().__init__(f"expert {uid} at {endpoint}: {reason}")
+
+
+class MixtureError(RuntimeError):
+    """A mixture-of-experts layer could not give some sample the answers it needs."""

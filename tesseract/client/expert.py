@@ -1,0 +1,96 @@
+"""``RemoteExpert``: a torch module whose forward and backward run on an expert server.
+
+Autograd works through it: forward sends the inputs; backward sends the same inputs back with the
+gradients of the outputs, and the server returns the gradients of the inputs (and trains the expert
+on them). Inputs are checked against the expert's schema before anything is sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from tesseract.client import calls
+from tesseract.client.session import Client
+from tesseract.dht.experts import parse_uid
+from tesseract.net.errors import RemoteError
+from tesseract.runtime.schema import ExpertSchema, check_batch
+from tesseract.server import protocol as wire
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class RemoteExpert(nn.Module):
+    """``RemoteExpert("ffn.0.3", "10.0.0.7:31337", client)(x)``: a call to one expert on one server."""
+
+    def __init__(self, uid: str, endpoint: str, client: Client, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        super().__init__()
+        parse_uid(uid)
+        self.uid = uid
+        self.endpoint = endpoint
+        self.client = client
+        self.timeout = timeout
+
+    @property
+    def info(self) -> wire.InfoResponse:
+        """The server's description of this expert (schema, batch limit), fetched once."""
+        return self.client.run(calls.expert_info, self.client, self.uid, self.endpoint, self.timeout)
+
+    @property
+    def schema(self) -> ExpertSchema:
+        return self.info.schema
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        self.check_inputs(list(inputs))
+        outputs = _RemoteCall.apply(self, *inputs)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def check_inputs(self, inputs: list[torch.Tensor]) -> None:
+        """Raise ``ValueError`` naming the problem if ``inputs`` do not fit the expert's schema."""
+        info = self.info
+        try:
+            check_batch(
+                [t.detach() for t in inputs],
+                info.schema.inputs,
+                what=f"{self.uid} inputs",
+                max_batch_size=info.max_batch_size,
+            )
+        except RemoteError as exc:
+            raise ValueError(exc.message) from None
+
+    async def forward_async(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        """Forward without autograd, for trio code: ``await expert.forward_async(x)``."""
+        return await calls.expert_forward(self.client, self.uid, self.endpoint, list(inputs), self.timeout)
+
+    async def backward_async(
+        self, inputs: list[torch.Tensor], grad_outputs: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """The input gradients for ``grad_outputs`` (and one training step on the server)."""
+        return await calls.expert_backward(
+            self.client, self.uid, self.endpoint, inputs, grad_outputs, self.timeout
+        )
+
+    def extra_repr(self) -> str:
+        return f"uid={self.uid!r}, endpoint={self.endpoint!r}"
+
+
+class _RemoteCall(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, expert: RemoteExpert, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.expert = expert
+        ctx.save_for_backward(*inputs)
+        detached = [t.detach() for t in inputs]
+        return tuple(expert.client.run(expert.forward_async, *detached))
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outputs: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        expert: RemoteExpert = ctx.expert
+        inputs = list(ctx.saved_tensors)
+        grads = [g.contiguous() for g in grad_outputs]
+        grad_inputs = expert.client.run(expert.backward_async, inputs, grads)
+        return (
+            None,
+            *(g if needs else None for g, needs in zip(grad_inputs, ctx.needs_input_grad[1:], strict=True)),
+        )

@@ -1,0 +1,284 @@
+"""``RemoteMixtureOfExperts``: a gated mixture whose experts are live servers found through the DHT.
+
+For a batch ``x``: one linear gate per grid dimension scores every coordinate; a beam search over the
+DHT's prefix records picks each sample's ``k_best`` best-scored live experts (one DHT round per
+dimension for the whole batch, cached briefly); every chosen expert gets one request with all the
+rows routed to it, all in parallel (``parallel.call_many``); the output of a sample is the average of
+its experts' outputs weighted by a softmax of their gate scores over the experts that answered.
+Backward runs the same way: experts that fail contribute no gradient and do not stop the step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import trio
+from torch import nn
+
+from tesseract.client import calls
+from tesseract.client.beam_search import ChosenExpert
+from tesseract.client.errors import MixtureError
+from tesseract.client.parallel import Job, call_many
+from tesseract.client.routing import ExpertFinder
+from tesseract.client.session import Client
+from tesseract.dht.experts import UID_DELIMITER, parse_prefix
+from tesseract.runtime.schema import TensorSchema
+
+logger = logging.getLogger(__name__)
+
+
+class RemoteMixtureOfExperts(nn.Module):
+    """A mixture-of-experts layer over the swarm; see the module docstring.
+
+    ``k_min``: answers each sample needs from its forward calls; ``timeout_after_k_min``: how long to
+    wait for the other experts once every sample has them; ``backward_k_min``/``backward_timeout``:
+    the same for backward. ``allow_zero_outputs``: a sample that gets too few answers goes on with
+    what it got (zeros if nothing) instead of raising. ``detect_anomalies``: an expert that answers
+    NaN or inf counts as failed. ``failure_cooldown``: seconds a failed expert is left out of routing.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_features: int,
+        grid_size: Sequence[int],
+        uid_prefix: str,
+        client: Client,
+        k_best: int,
+        k_min: int = 1,
+        forward_timeout: float = 30.0,
+        timeout_after_k_min: float = 1.0,
+        backward_k_min: int = 1,
+        backward_timeout: float = 30.0,
+        allow_zero_outputs: bool = False,
+        detect_anomalies: bool = False,
+        beam_size: int | None = None,
+        cache_ttl: float = 10.0,
+        failure_cooldown: float = 10.0,
+    ) -> None:
+        super().__init__()
+        if not grid_size or any(size < 1 for size in grid_size):
+            raise ValueError(f"grid_size must be one or more positive sizes, got {list(grid_size)}")
+        if not 0 <= k_min <= k_best or not 0 <= backward_k_min <= k_best:
+            raise ValueError(
+                f"need 0 <= k_min, backward_k_min <= k_best; got {k_min}, {backward_k_min}, {k_best}"
+            )
+        self.uid_prefix = uid_prefix.rstrip(UID_DELIMITER)
+        parse_prefix(self.uid_prefix)
+        self.in_features = in_features
+        self.grid_size = tuple(grid_size)
+        self.client = client
+        self.k_best, self.k_min, self.backward_k_min = k_best, k_min, backward_k_min
+        self.forward_timeout, self.backward_timeout = forward_timeout, backward_timeout
+        self.timeout_after_k_min = timeout_after_k_min
+        self.allow_zero_outputs = allow_zero_outputs
+        self.detect_anomalies = detect_anomalies
+        self.beam_size = beam_size
+        self.failure_cooldown = failure_cooldown
+        self.proj = nn.Linear(in_features, sum(self.grid_size))
+        self.finder = ExpertFinder(client.require_dht(), cache_ttl=cache_ttl)
+        #: Calls and failures: forward_calls, forward_failures, backward_calls, backward_failures.
+        self.stats: Counter[str] = Counter()
+        #: The experts chosen for each sample in the last forward, best first (for inspection).
+        self.last_routing: list[list[ChosenExpert]] = []
+        #: Failure reasons of the last forward and backward, uid -> reason.
+        self.last_failures: dict[str, str] = {}
+        self._output_schema: TensorSchema | None = None
+        self._cooldown: dict[str, float] = {}  # uid -> loop time until which it is left out
+
+    # ----- forward ------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected inputs with {self.in_features} features, got shape {list(x.shape)}")
+        leading = x.shape[:-1]
+        flat = x.reshape(-1, self.in_features)
+        logits = self.proj(flat).split(self.grid_size, dim=-1)
+        scores = [part.detach().float().cpu().tolist() for part in logits]
+        self.last_routing = self.client.run(self._route, scores)
+        jobs, coordinates, present = self._plan(self.last_routing, len(flat))
+        outputs, answered = _MixtureCall.apply(self, jobs, flat)
+        alive = answered & present
+        gate = sum(part.gather(1, coordinates[:, :, d]) for d, part in enumerate(logits))
+        any_alive = alive.any(dim=1, keepdim=True)
+        gate = gate.masked_fill(~alive & any_alive, float("-inf")).masked_fill(~any_alive, 0.0)
+        weights = torch.softmax(gate, dim=1) * alive
+        weights = weights.reshape(*weights.shape, *([1] * (outputs.dim() - 2))).to(outputs.dtype)
+        mixed = (weights * outputs).sum(dim=1)
+        return mixed.reshape(*leading, *mixed.shape[1:])
+
+    async def _route(self, scores: list[list[list[float]]]) -> list[list[ChosenExpert]]:
+        now = trio.current_time()
+        self._cooldown = {uid: until for uid, until in self._cooldown.items() if until > now}
+        return await self.finder.find_best(
+            self.uid_prefix, scores, self.grid_size, self.k_best, self.beam_size, exclude=self._cooldown
+        )
+
+    def _plan(
+        self, routing: list[list[ChosenExpert]], batch_size: int
+    ) -> tuple[list[Job], torch.Tensor, torch.Tensor]:
+        """One job per expert; each row's chosen coordinates and which of its k slots are filled."""
+        dims = len(self.grid_size)
+        coordinates = torch.zeros(batch_size, self.k_best, dims, dtype=torch.long)
+        present = torch.zeros(batch_size, self.k_best, dtype=torch.bool)
+        by_expert: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+        for row, experts in enumerate(routing):
+            for slot, expert in enumerate(experts):
+                coordinates[row, slot] = torch.tensor(expert.coordinates)
+                present[row, slot] = True
+                rows, slots = by_expert.setdefault((expert.uid, expert.endpoint), ([], []))
+                rows.append(row)
+                slots.append(slot)
+        jobs = [
+            Job(uid, endpoint, torch.tensor(rows), torch.tensor(slots))
+            for (uid, endpoint), (rows, slots) in by_expert.items()
+        ]
+        return jobs, coordinates, present
+
+    async def _forward_all(
+        self, jobs: list[Job], inputs: torch.Tensor
+    ) -> tuple[dict[int, list[torch.Tensor]], dict[int, str]]:
+        async def call(index: int, job: Job) -> list[torch.Tensor]:
+            return await calls.expert_forward(
+                self.client, job.uid, job.endpoint, [inputs[job.rows]], self.forward_timeout
+            )
+
+        answers, failures = await call_many(
+            jobs,
+            call,
+            batch_size=len(inputs),
+            k_min=self.k_min,
+            timeout=self.forward_timeout,
+            timeout_after_k_min=self.timeout_after_k_min,
+            detect_anomalies=self.detect_anomalies,
+        )
+        if self._output_schema is None and jobs:
+            self._output_schema = self._learn_output_schema(jobs)
+        schema = self._output_schema
+        for index, tensors in list(answers.items()):
+            if len(tensors) != 1 or (schema is not None and tuple(tensors[0].shape[1:]) != schema.shape):
+                del answers[index]
+                shapes = [list(t.shape) for t in tensors]
+                expected = list(schema.shape) if schema else "?"
+                failures[index] = f"answered shapes {shapes}, the mixture expects [rows, {expected}]"
+        self._note("forward", jobs, failures)
+        return answers, failures
+
+    def _learn_output_schema(self, jobs: list[Job]) -> TensorSchema | None:
+        for job in jobs:
+            info = self.client.expert_infos.get((job.uid, job.endpoint))
+            if info is not None:
+                if len(info.schema.outputs) != 1:
+                    raise MixtureError(
+                        f"{job.uid} has {len(info.schema.outputs)} outputs; a mixture needs one"
+                    )
+                return info.schema.outputs[0]
+        return None
+
+    def _note(self, kind: str, jobs: list[Job], failures: dict[int, str]) -> None:
+        self.stats[f"{kind}_calls"] += len(jobs)
+        self.stats[f"{kind}_failures"] += len(failures)
+        if kind == "forward":
+            self.last_failures = {}
+        until = trio.current_time() + self.failure_cooldown
+        for index, reason in failures.items():
+            job = jobs[index]
+            self.last_failures[job.uid] = reason
+            self._cooldown[job.uid] = until
+            logger.debug("%s of %s at %s failed: %s", kind, job.uid, job.endpoint, reason)
+
+    # ----- backward -----------------------------------------------------------------------------
+
+    async def _backward_all(
+        self, jobs: list[Job], inputs: torch.Tensor, grads: list[torch.Tensor], batch_size: int
+    ) -> tuple[dict[int, list[torch.Tensor]], dict[int, str]]:
+        async def call(index: int, job: Job) -> list[torch.Tensor]:
+            return await calls.expert_backward(
+                self.client, job.uid, job.endpoint, [inputs[job.rows]], [grads[index]], self.backward_timeout
+            )
+
+        answers, failures = await call_many(
+            jobs,
+            call,
+            batch_size=batch_size,
+            k_min=self.backward_k_min,
+            timeout=self.backward_timeout,
+            timeout_after_k_min=self.timeout_after_k_min,
+            detect_anomalies=self.detect_anomalies,
+        )
+        self._note("backward", jobs, failures)
+        return answers, failures
+
+    def _check_enough(
+        self,
+        kind: str,
+        needed: int,
+        jobs: list[Job],
+        answers: dict,
+        failures: dict[int, str],
+        batch_size: int,
+    ) -> None:
+        counts = torch.zeros(batch_size, dtype=torch.long)
+        for index in answers:
+            counts[jobs[index].rows] += 1
+        short = (counts < needed).nonzero().flatten().tolist()
+        if not short or self.allow_zero_outputs:
+            return
+        reasons = [f"{jobs[i].uid}: {reason}" for i, reason in sorted(failures.items())]
+        detail = "; ".join(reasons[:8]) + (f"; and {len(reasons) - 8} more" if len(reasons) > 8 else "")
+        if not jobs:
+            detail = f"no live expert under {self.uid_prefix!r} was found"
+        raise MixtureError(
+            f"{kind}: {len(short)} of {batch_size} samples got fewer than {needed} expert answers "
+            f"(first: sample {short[0]} got {int(counts[short[0]])}). {detail}"
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"uid_prefix={self.uid_prefix!r}, grid_size={self.grid_size}, "
+            f"k_best={self.k_best}, k_min={self.k_min}"
+        )
+
+
+class _MixtureCall(torch.autograd.Function):
+    """Experts' outputs ``[batch, k_best, *output]`` and which slots answered ``[batch, k_best]``."""
+
+    @staticmethod
+    def forward(ctx: Any, moe: RemoteMixtureOfExperts, jobs: list[Job], inputs: torch.Tensor):
+        batch_size = len(inputs)
+        detached = inputs.detach()
+        answers, failures = moe.client.run(moe._forward_all, jobs, detached)
+        moe._check_enough("forward", moe.k_min, jobs, answers, failures, batch_size)
+        schema = moe._output_schema
+        if schema is None:
+            raise MixtureError(f"no expert under {moe.uid_prefix!r} answered, so the output shape is unknown")
+        outputs = torch.zeros(batch_size, moe.k_best, *schema.shape, dtype=schema.torch_dtype)
+        answered = torch.zeros(batch_size, moe.k_best, dtype=torch.bool)
+        for index, tensors in answers.items():
+            job = jobs[index]
+            outputs[job.rows, job.slots] = tensors[0]
+            answered[job.rows, job.slots] = True
+        ctx.moe = moe
+        ctx.jobs = [jobs[index] for index in sorted(answers)]
+        ctx.save_for_backward(detached)
+        ctx.mark_non_differentiable(answered)
+        return outputs, answered
+
+    @staticmethod
+    def backward(ctx: Any, grad_outputs: torch.Tensor, _grad_answered: Any):
+        moe: RemoteMixtureOfExperts = ctx.moe
+        (inputs,) = ctx.saved_tensors
+        jobs: list[Job] = ctx.jobs
+        grad_inputs = torch.zeros_like(inputs)
+        if not jobs or not ctx.needs_input_grad[2]:
+            return None, None, grad_inputs if ctx.needs_input_grad[2] else None
+        grads = [grad_outputs[job.rows, job.slots].contiguous() for job in jobs]
+        answers, failures = moe.client.run(moe._backward_all, jobs, inputs, grads, len(inputs))
+        moe._check_enough("backward", moe.backward_k_min, jobs, answers, failures, len(inputs))
+        for index, tensors in answers.items():
+            grad_inputs.index_add_(0, jobs[index].rows, tensors[0].to(grad_inputs.dtype))
+        return None, None, grad_inputs

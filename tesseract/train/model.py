@@ -1,0 +1,22 @@
+"""The classifier the trainer builds: a local encoder, a remote mixture of experts, a local head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tesseract.client.moe import RemoteMixtureOfExperts
+
+
+class MixtureClassifier(nn.Module):
+    """features -> Linear + ReLU -> RemoteMixtureOfExperts (hidden -> hidden) -> Linear -> logits."""
+
+    def __init__(self, features: int, classes: int, mixture: RemoteMixtureOfExperts) -> None:
+        super().__init__()
+        hidden = mixture.in_features
+        self.encoder = nn.Sequential(nn.Linear(features, hidden), nn.ReLU())
+        self.mixture = mixture
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mixture(self.encoder(x)))

@@ -1,0 +1,177 @@
+"""Training a model with remote mixture layers: the same loop over real sockets and in the simulator.
+
+``Trainer.work()`` yields the loop as small synchronous units (one training step, one evaluation).
+``run()`` calls them one after the other (plain torch code, a ``Client`` with its own loop);
+``run_async()`` runs each through ``client.host.compute``, which is how the simulator gives torch
+code and the network turns. A step whose experts all fail is skipped and counted, never fatal:
+the swarm is expected to fail now and then.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from tesseract.client.errors import ExpertError, MixtureError
+from tesseract.client.moe import RemoteMixtureOfExperts
+from tesseract.client.session import Client
+from tesseract.train.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    seed: int = 0
+    #: Log a progress line every this many steps (0: only at the end of each epoch).
+    log_every: int = 10
+    max_steps: int | None = None
+
+
+@dataclass
+class TrainState:
+    steps: int = 0
+    samples: int = 0
+    failed_steps: int = 0
+    train_time: float = 0.0
+    losses: list[float] = field(default_factory=list)  # one per completed step
+    test_accuracy: list[float] = field(default_factory=list)  # one per epoch
+    last_error: str = ""
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Dataset,
+        client: Client,
+        config: TrainConfig | None = None,
+        *,
+        report: Callable[[str], None] = print,
+    ) -> None:
+        self.model = model
+        self.data = data
+        self.client = client
+        self.config = config or TrainConfig()
+        self.report = report
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.config.learning_rate)
+        self.state = TrainState()
+        self.mixtures = [m for m in model.modules() if isinstance(m, RemoteMixtureOfExperts)]
+        self._generator = torch.Generator().manual_seed(self.config.seed)
+
+    # ----- drivers ------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        for unit in self.work():
+            unit()
+        return self.summary()
+
+    async def run_async(self) -> dict[str, Any]:
+        for unit in self.work():
+            await self.client.host.compute(unit)
+        return self.summary()
+
+    # ----- the loop -----------------------------------------------------------------------------
+
+    def work(self) -> Iterator[Callable[[], None]]:
+        config, data = self.config, self.data
+        steps_per_epoch = -(-len(data.train_y) // config.batch_size)
+        total = steps_per_epoch * config.epochs
+        if config.max_steps is not None:
+            total = min(total, config.max_steps)
+        for epoch in range(1, config.epochs + 1):
+            order = torch.randperm(len(data.train_y), generator=self._generator)
+            for start in range(0, len(order), config.batch_size):
+                if self.state.steps + self.state.failed_steps >= total:
+                    break
+                rows = order[start : start + config.batch_size]
+                yield lambda rows=rows: self._train_step(data.train_x[rows], data.train_y[rows])
+                done = self.state.steps + self.state.failed_steps
+                if config.log_every and done % config.log_every == 0:
+                    self._progress(epoch, done, total)
+            yield lambda epoch=epoch: self._evaluate_epoch(epoch, total)
+            if self.state.steps + self.state.failed_steps >= total:
+                break
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        started = self.client.now()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            loss = nn.functional.cross_entropy(self.model(x), y)
+            loss.backward()
+        except (MixtureError, ExpertError) as exc:
+            self.state.failed_steps += 1
+            self.state.last_error = str(exc)
+            logger.warning("step skipped: %s", exc)
+            return
+        self.optimizer.step()
+        self.state.steps += 1
+        self.state.samples += len(y)
+        self.state.losses.append(float(loss.detach()))
+        self.state.train_time += self.client.now() - started
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+        """Accuracy on ``x, y``; a batch whose experts all fail counts as wrong (and is logged)."""
+        self.model.eval()
+        correct = 0
+        with torch.no_grad():
+            for start in range(0, len(y), batch_size):
+                try:
+                    logits = self.model(x[start : start + batch_size])
+                except (MixtureError, ExpertError) as exc:
+                    logger.warning("evaluation batch failed: %s", exc)
+                    continue
+                correct += int((logits.argmax(dim=1) == y[start : start + batch_size]).sum())
+        return correct / max(1, len(y))
+
+    def _evaluate_epoch(self, epoch: int, total: int) -> None:
+        accuracy = self.evaluate(self.data.test_x, self.data.test_y)
+        self.state.test_accuracy.append(accuracy)
+        recent = self.state.losses[-20:]
+        loss = sum(recent) / len(recent) if recent else float("nan")
+        self.report(
+            f"epoch {epoch}: test accuracy {accuracy:.4f}, train loss {loss:.4f}, "
+            f"{self.state.steps} steps, {self.failed_calls()} failed expert calls"
+        )
+
+    def _progress(self, epoch: int, done: int, total: int) -> None:
+        width = 24
+        filled = width * done // max(1, total)
+        recent = self.state.losses[-10:]
+        loss = sum(recent) / len(recent) if recent else float("nan")
+        self.report(
+            f"epoch {epoch} [{'#' * filled}{'.' * (width - filled)}] step {done}/{total} "
+            f"loss {loss:.4f} {self.samples_per_s():.0f} samples/s failed calls {self.failed_calls()}"
+        )
+
+    # ----- results ------------------------------------------------------------------------------
+
+    def failed_calls(self) -> int:
+        return sum(m.stats["forward_failures"] + m.stats["backward_failures"] for m in self.mixtures)
+
+    def samples_per_s(self) -> float:
+        return self.state.samples / self.state.train_time if self.state.train_time > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        calls = sum(m.stats["forward_calls"] + m.stats["backward_calls"] for m in self.mixtures)
+        return {
+            "final_test_accuracy": self.state.test_accuracy[-1] if self.state.test_accuracy else 0.0,
+            "test_accuracy_per_epoch": self.state.test_accuracy,
+            "steps": self.state.steps,
+            "failed_steps": self.state.failed_steps,
+            "samples_per_s": self.samples_per_s(),
+            "failed_calls": self.failed_calls(),
+            "expert_calls": calls,
+            "first_loss": self.state.losses[0] if self.state.losses else None,
+            "final_loss": sum(self.state.losses[-20:]) / max(1, len(self.state.losses[-20:])),
+            "last_error": self.state.last_error,
+        }
