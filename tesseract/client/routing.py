@@ -2,7 +2,8 @@
 
 Each step of a ``BeamSearch`` needs the live successors of many prefixes; ``ExpertFinder`` answers
 from its cache what it fetched less than ``cache_ttl`` seconds ago (misses included: a prefix with no
-live expert is remembered as empty), and fetches the rest in one batched DHT round.
+live expert is remembered as empty), and fetches the rest in one batched DHT round that asks every
+replica and merges what they hold (see ``get_active_successors``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class ExpertFinder:
                 missing.append(prefix)
         if missing:
             self.rounds += 1
-            fetched = await get_active_successors(self.dht, missing)
+            fetched = await get_active_successors(self.dht, missing, latest=True)
             expires = trio.current_time() + self.cache_ttl
             for prefix in missing:
                 entries = fetched.get(prefix, {})

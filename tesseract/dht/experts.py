@@ -98,12 +98,16 @@ async def get_experts(node: DHTNode, uids: Sequence[str]) -> list[ExpertInfo | N
 
 
 async def get_active_successors(
-    node: DHTNode, prefixes: Sequence[str], grid_size: int | None = None
+    node: DHTNode, prefixes: Sequence[str], grid_size: int | None = None, *, latest: bool = False
 ) -> dict[str, dict[int, ExpertInfo]]:
-    """For each prefix, the live next coordinates and one expert under each (one batched round)."""
+    """For each prefix, the live next coordinates and one expert under each (one batched round).
+
+    ``latest`` asks every replica and merges their sub-keys: servers announce a prefix one sub-key at
+    a time, and a replica that joined after some of them holds only part of it until they renew.
+    """
     for prefix in prefixes:
         parse_prefix(prefix)
-    found = await node.get_many(list(prefixes))
+    found = await node.get_many(list(prefixes), latest=latest)
     successors: dict[str, dict[int, ExpertInfo]] = {}
     for prefix in prefixes:
         entries: dict[int, ExpertInfo] = {}
