@@ -11,9 +11,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tesseract import __version__
+from tesseract import __version__, swarm_command
 from tesseract.dht import command as dht_command
 from tesseract.server import options as server_options
+from tesseract.train import options as train_options
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -28,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     dht_command.add_arguments(dht)
     server = commands.add_parser("server", help="host experts and announce them to the DHT")
     server_options.add_arguments(server)
+    swarm = commands.add_parser("swarm", help="run a whole swarm and train it (--local: processes here)")
+    swarm_command.add_arguments(swarm)
+    train = commands.add_parser("train", help="train a mixture-of-experts classifier through the swarm")
+    train_options.add_arguments(train)
     bench = commands.add_parser("bench", help="run a benchmark from benchmarks/ (in a source checkout)")
     bench.add_argument("name", choices=["net", "dht", "throughput"], help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
@@ -43,6 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tesseract.server import command as server_command  # loads torch
 
         return server_command.run(options)
+    if options.command == "swarm":
+        return swarm_command.run(options)
+    if options.command == "train":
+        from tesseract.train import command as train_command  # loads torch
+
+        return train_command.run(options)
     if options.command == "bench":
         script = BENCHMARKS / f"bench_{options.name}.py"
         if not script.exists():

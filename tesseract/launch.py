@@ -8,15 +8,17 @@ this module works with the operating system directly (processes, pipes, signals,
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
 
 _LISTENING = re.compile(r"listening on (\S+)")
 
@@ -28,12 +30,19 @@ class NodeProcessError(RuntimeError):
 class NodeProcess:
     """One ``tesseract <subcommand> --commands`` process."""
 
-    def __init__(self, arguments: Sequence[str]) -> None:
-        """Spawn the process; ``wait_until_listening`` then reads its address."""
+    def __init__(
+        self, arguments: Sequence[str], *, commands: bool = True, env: Mapping[str, str] | None = None
+    ) -> None:
+        """Spawn the process; ``wait_until_listening`` then reads its address.
+
+        ``commands=False``: no JSON commands on stdin; call ``drain`` once it listens, so its status
+        lines never fill the pipe. ``env``: variables added to this process's environment.
+        """
         self.arguments = list(arguments)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tesseract", *self.arguments, "--commands"],
-            stdin=subprocess.PIPE,
+            [sys.executable, "-m", "tesseract", *self.arguments, *(["--commands"] if commands else [])],
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.PIPE if commands else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -43,6 +52,7 @@ class NodeProcess:
         self.started_at = time.monotonic()
         self.address = ""
         self.startup_s = 0.0
+        self._draining = False
 
     def wait_until_listening(self, timeout: float = 60.0) -> NodeProcess:
         deadline = time.monotonic() + timeout
@@ -86,6 +96,21 @@ class NodeProcess:
                 return json.loads(line)
             self._recent.append(line)
 
+    def drain(self, sink: TextIO | None) -> None:
+        """From now on, copy the node's output lines to ``sink`` (or drop them) in a daemon thread."""
+        stdout = self.process.stdout
+        assert stdout is not None
+
+        def copy() -> None:
+            with stdout:
+                for line in stdout:
+                    if sink is not None:
+                        sink.write(line)
+                        sink.flush()
+
+        self._draining = True
+        threading.Thread(target=copy, name=f"drain-{self.address}", daemon=True).start()
+
     def kill(self) -> None:
         """SIGKILL: the process dies at once, with no chance to leave gracefully."""
         self.process.send_signal(signal.SIGKILL)
@@ -103,9 +128,10 @@ class NodeProcess:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-        for stream in (self.process.stdin, self.process.stdout):
-            if stream is not None:
-                stream.close()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        if not self._draining and self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 class LocalDHTSwarm:
@@ -143,3 +169,124 @@ class LocalDHTSwarm:
             node.terminate()
         for node in self.nodes:
             node.stop()
+
+
+def split_evenly(items: Sequence[str], parts: int) -> list[list[str]]:
+    """``items`` in ``parts`` contiguous chunks whose sizes differ by at most one."""
+    size, extra = divmod(len(items), parts)
+    chunks, start = [], 0
+    for index in range(parts):
+        end = start + size + (1 if index < extra else 0)
+        chunks.append(list(items[start:end]))
+        start = end
+    return chunks
+
+
+class LocalSwarm:
+    """A DHT bootstrap node and expert servers sharing a grid, as processes on loopback.
+
+    ``with LocalSwarm(servers=4, grid=(4, 8)) as swarm: swarm.train([...])`` runs a trainer process
+    against it. Servers' output goes to ``log`` (one file for all, or nowhere). Leaving the block
+    stops every process: SIGTERM (servers finish their work and save), SIGKILL if they hang.
+    """
+
+    def __init__(
+        self,
+        *,
+        servers: int = 4,
+        grid: Sequence[int] = (4, 8),
+        uid_prefix: str = "ffn",
+        expert_cls: str = "ffn",
+        hidden_dim: int = 64,
+        fault_rate: float = 0.0,
+        seed: int = 0,
+        update_period: float = 10.0,
+        host: str = "127.0.0.1",
+        log: TextIO | None = None,
+        server_arguments: Sequence[str] = (),
+    ) -> None:
+        uids = [uid_prefix]
+        for size in grid:
+            uids = [f"{uid}.{coordinate}" for uid in uids for coordinate in range(size)]
+        if not 1 <= servers <= len(uids):
+            raise ValueError(f"need between 1 and {len(uids)} servers for a grid of {len(uids)} experts")
+        self.uids = uids
+        self.server_count = servers
+        self.expert_cls = expert_cls
+        self.hidden_dim = hidden_dim
+        self.fault_rate = fault_rate
+        self.seed = seed
+        self.update_period = update_period
+        self.host = host
+        self.log = log
+        self.server_arguments = list(server_arguments)
+        self.bootstrap: NodeProcess | None = None
+        self.servers: list[NodeProcess] = []
+        self.trainer: subprocess.Popen | None = None
+        #: One torch thread per process: five processes on a laptop must not fight over its cores.
+        self.env = {"OMP_NUM_THREADS": "1"}
+
+    def __enter__(self) -> LocalSwarm:
+        try:
+            listen = f"{self.host}:0"
+            self.bootstrap = NodeProcess(
+                ["dht", "--listen", listen, "--status-interval", "3600"], commands=False
+            ).wait_until_listening()
+            self.bootstrap.drain(self.log)
+            for index, uids in enumerate(split_evenly(self.uids, self.server_count)):
+                arguments = [
+                    "server",
+                    "--experts",
+                    ",".join(uids),
+                    "--expert-cls",
+                    self.expert_cls,
+                    "--hidden-dim",
+                    str(self.hidden_dim),
+                    "--listen",
+                    listen,
+                    "--initial-peers",
+                    self.bootstrap.address,
+                    "--update-period",
+                    str(self.update_period),
+                    "--seed",
+                    str(self.seed * 1000 + index),
+                    "--fault-rate",
+                    str(self.fault_rate),
+                    *self.server_arguments,
+                ]
+                self.servers.append(NodeProcess(arguments, commands=False, env=self.env))
+            for server in self.servers:
+                server.wait_until_listening()
+                server.drain(self.log)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def train(self, arguments: Sequence[str], *, stdout: TextIO | None = None) -> int:
+        """Run ``tesseract train`` against the swarm (its output to ``stdout``); its exit code."""
+        assert self.bootstrap is not None
+        command = [sys.executable, "-m", "tesseract", "train", "--initial-peers", self.bootstrap.address]
+        self.trainer = subprocess.Popen(
+            [*command, "--listen", f"{self.host}:0", *arguments],
+            env={**os.environ, **self.env},
+            stdout=stdout,
+            stderr=subprocess.STDOUT if stdout is not None else None,
+        )
+        try:
+            return self.trainer.wait()
+        finally:
+            if self.trainer.poll() is None:
+                self.trainer.terminate()
+                try:
+                    self.trainer.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.trainer.kill()
+                    self.trainer.wait()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        nodes = [*self.servers, *([self.bootstrap] if self.bootstrap else [])]
+        for node in nodes:
+            node.terminate()
+        for node in nodes:
+            node.stop(timeout=20)

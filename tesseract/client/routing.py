@@ -48,11 +48,8 @@ class ExpertFinder:
                 answer[prefix] = entries
         return answer
 
-    def forget(self, uid: str) -> None:
-        """Drop the cached entries that lead to ``uid`` (it failed: look again next time)."""
-        for prefix in list(self._cache):
-            if uid.startswith(prefix):
-                del self._cache[prefix]
+    def clear(self) -> None:
+        self._cache.clear()
 
     async def find_best(
         self,

@@ -84,6 +84,7 @@ async def _main(options: argparse.Namespace, backends: list[ExpertBackend]) -> i
                 dht=dht,
                 update_period=options.update_period,
                 checkpoint_dir=options.checkpoint_dir,
+                fault_rate=options.fault_rate,
             )
         )
         device = backends[0].device

@@ -57,5 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status-interval", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=None, help="seed the experts' initial weights")
     parser.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.0,
+        help="answer this share of forward/backward requests with an injected error (failure testing)",
+    )
+    parser.add_argument(
         "--commands", action="store_true", help="answer JSON-line commands ({'op': 'stats'}) on stdin"
     )

@@ -1,0 +1,143 @@
+"""``tesseract swarm --local``: a whole swarm on this machine, training on the bundled digits.
+
+It starts a DHT bootstrap node, expert servers sharing the grid, and a trainer, each a separate
+process on loopback; the trainer's progress is printed here, the servers' output goes to
+``--log-file``. At the end (or on Ctrl+C) every process is stopped, servers saving their experts.
+With ``--json FILE``: ``final_test_accuracy``, ``steps``, ``samples_per_s``, ``failed_calls``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tesseract.train.options import add_mixture_arguments
+
+    parser.add_argument("--local", action="store_true", help="run every process on this machine (required)")
+    parser.add_argument("--servers", type=int, default=4, help="expert server processes")
+    parser.add_argument("--expert-cls", default="ffn")
+    parser.add_argument(
+        "--fault-rate", type=float, default=0.0, help="share of expert calls the servers fail"
+    )
+    parser.add_argument("--update-period", type=float, default=10.0, help="servers' DHT announcement period")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--log-file", type=Path, default=None, help="servers' output (default: discarded)")
+    parser.add_argument("--json", type=Path, default=None, help="write the run's summary here")
+    add_mixture_arguments(parser)
+
+
+def trainer_arguments(options: argparse.Namespace, summary: Path) -> list[str]:
+    arguments = [
+        "--uid-prefix", options.uid_prefix,
+        "--grid", *map(str, options.grid),
+        "--hidden-dim", str(options.hidden_dim),
+        "--k-best", str(options.k_best),
+        "--k-min", str(options.k_min),
+        "--backward-k-min", str(options.backward_k_min),
+        "--forward-timeout", str(options.forward_timeout),
+        "--timeout-after-k-min", str(options.timeout_after_k_min),
+        "--backward-timeout", str(options.backward_timeout),
+        "--dataset", options.dataset,
+        "--epochs", str(options.epochs),
+        "--batch-size", str(options.batch_size),
+        "--learning-rate", str(options.learning_rate),
+        "--seed", str(options.seed),
+        "--log-every", str(options.log_every),
+        "--json", str(summary),
+    ]  # fmt: skip
+    if options.max_steps is not None:
+        arguments += ["--max-steps", str(options.max_steps)]
+    if options.allow_zero_outputs:
+        arguments.append("--allow-zero-outputs")
+    if options.detect_anomalies:
+        arguments.append("--detect-anomalies")
+    return arguments
+
+
+def run(options: argparse.Namespace) -> int:
+    from tesseract.launch import LocalSwarm, NodeProcessError
+
+    if not options.local:
+        print(
+            "error: only --local is supported here; deploy/ runs a swarm over many machines", file=sys.stderr
+        )
+        return 2
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tesseract-swarm-")))
+        log = stack.enter_context(open(options.log_file, "a")) if options.log_file else None
+        experts = 1
+        for size in options.grid:
+            experts *= size
+        print(
+            f"local swarm: 1 DHT node, {options.servers} servers with {experts} {options.expert_cls} experts "
+            f"(grid {'x'.join(map(str, options.grid))}, hidden {options.hidden_dim}), 1 trainer",
+            flush=True,
+        )
+        try:
+            swarm = stack.enter_context(
+                LocalSwarm(
+                    servers=options.servers,
+                    grid=options.grid,
+                    uid_prefix=options.uid_prefix,
+                    expert_cls=options.expert_cls,
+                    hidden_dim=options.hidden_dim,
+                    fault_rate=options.fault_rate,
+                    seed=options.seed,
+                    update_period=options.update_period,
+                    log=log,
+                )
+            )
+        except (ValueError, NodeProcessError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        servers = ", ".join(server.address for server in swarm.servers)
+        print(f"DHT bootstrap at {swarm.bootstrap.address}; servers at {servers}", flush=True)
+        summary_path = workdir / "trainer.json"
+        try:
+            code = swarm.train(trainer_arguments(options, summary_path))
+        except KeyboardInterrupt:
+            print("interrupted: stopping the swarm", flush=True)
+            return 130
+        if code != 0 or not summary_path.exists():
+            print(f"error: the trainer exited with code {code}", file=sys.stderr)
+            return code or 1
+        trainer = json.loads(summary_path.read_text())
+    summary = {
+        "final_test_accuracy": trainer["final_test_accuracy"],
+        "steps": trainer["steps"],
+        "samples_per_s": trainer["samples_per_s"],
+        "failed_calls": trainer["failed_calls"],
+        "expert_calls": trainer["expert_calls"],
+        "failed_steps": trainer["failed_steps"],
+        "test_accuracy_per_epoch": trainer["test_accuracy_per_epoch"],
+        "parameters": {
+            "servers": options.servers,
+            "grid": options.grid,
+            "hidden_dim": options.hidden_dim,
+            "k_best": options.k_best,
+            "fault_rate": options.fault_rate,
+            "epochs": options.epochs,
+            "batch_size": options.batch_size,
+        },
+    }
+    print(
+        f"swarm summary: test accuracy {summary['final_test_accuracy']:.4f}, {summary['steps']} steps, "
+        f"{summary['samples_per_s']:.0f} samples/s, {summary['failed_calls']} failed expert calls; "
+        "all processes stopped",
+        flush=True,
+    )
+    if options.json is not None:
+        options.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
