@@ -64,36 +64,51 @@ async def _call(client: Client, uid: str, endpoint: str, method: str, request, r
         return await client.rpc.call(endpoint, method, request, response_type, timeout=timeout)
     except CallTimeout:
         client.stats["timeouts"] += 1
-        raise ExpertError(uid, endpoint, f"{method} timed out after {timeout:.3g}s") from None
+        raise ExpertError(
+            uid, endpoint, f"{method} timed out after {timeout:.3g}s", ExpertError.TIMEOUT
+        ) from None
     except RemoteError as exc:
-        client.stats["remote_errors"] += 1
-        raise ExpertError(uid, endpoint, f"{method} failed: {exc.code}: {exc.message}") from None
+        client.stats["refused"] += 1
+        raise ExpertError(
+            uid, endpoint, f"{method} failed: {exc.code}: {exc.message}", ExpertError.REFUSED
+        ) from None
     except NetError as exc:
         client.stats["unreachable"] += 1
-        raise ExpertError(uid, endpoint, f"{method} failed: {exc}") from None
+        raise ExpertError(uid, endpoint, f"{method} failed: {exc}", ExpertError.UNREACHABLE) from None
 
 
 def _check_schema(uid: str, endpoint: str, info: wire.InfoResponse) -> None:
     if info.uid != uid:
-        raise ExpertError(uid, endpoint, f"answered for another expert, {info.uid!r}")
+        raise ExpertError(uid, endpoint, f"answered for another expert, {info.uid!r}", ExpertError.BAD_ANSWER)
     for schema in (*info.schema.inputs, *info.schema.outputs):
         if schema.dtype not in DTYPES or len(schema.shape) > MAX_RANK or any(d < 0 for d in schema.shape):
-            raise ExpertError(uid, endpoint, f"announced an unusable schema: {schema}")
+            raise ExpertError(
+                uid, endpoint, f"announced an unusable schema: {schema}", ExpertError.BAD_ANSWER
+            )
     if not info.schema.inputs or not info.schema.outputs:
-        raise ExpertError(uid, endpoint, "announced a schema without inputs or outputs")
+        raise ExpertError(
+            uid, endpoint, "announced a schema without inputs or outputs", ExpertError.BAD_ANSWER
+        )
 
 
 def _checked(
     uid: str, endpoint: str, what: str, tensors: list, schemas: tuple[TensorSchema, ...], rows: int
 ) -> list[torch.Tensor]:
     if len(tensors) != len(schemas):
-        raise ExpertError(uid, endpoint, f"sent {len(tensors)} {what}, its schema has {len(schemas)}")
+        raise ExpertError(
+            uid,
+            endpoint,
+            f"sent {len(tensors)} {what}, its schema has {len(schemas)}",
+            ExpertError.BAD_ANSWER,
+        )
     result = []
     for index, (message, schema) in enumerate(zip(tensors, schemas, strict=True)):
         try:
             tensor = deserialize_tensor(message)
         except (ValueError, msgspec.MsgspecError) as exc:
-            raise ExpertError(uid, endpoint, f"{what}[{index}] is malformed: {exc}") from None
+            raise ExpertError(
+                uid, endpoint, f"{what}[{index}] is malformed: {exc}", ExpertError.BAD_ANSWER
+            ) from None
         expected = (rows, *schema.shape)
         if tensor.dtype != schema.torch_dtype or tuple(tensor.shape) != expected:
             raise ExpertError(
@@ -101,6 +116,7 @@ def _checked(
                 endpoint,
                 f"{what}[{index}] is {message.dtype}{list(tensor.shape)}, "
                 f"expected {schema.dtype}{list(expected)}",
+                ExpertError.BAD_ANSWER,
             )
         result.append(tensor)
     return result

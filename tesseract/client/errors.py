@@ -6,10 +6,20 @@ from __future__ import annotations
 class ExpertError(RuntimeError):
     """A call to one remote expert failed: timeout, unreachable, a typed error reply, a bad answer."""
 
-    def __init__(self, uid: str, endpoint: str, reason: str) -> None:
+    #: What went wrong, for callers that treat failures differently.
+    TIMEOUT, UNREACHABLE, REFUSED, BAD_ANSWER, STRAGGLER = (
+        "timeout",
+        "unreachable",
+        "refused",
+        "bad_answer",
+        "straggler",
+    )
+
+    def __init__(self, uid: str, endpoint: str, reason: str, kind: str = "refused") -> None:
         self.uid = uid
         self.endpoint = endpoint
         self.reason = reason
+        self.kind = kind
         super().__init__(f"expert {uid} at {endpoint}: {reason}")
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from tesseract.client import calls
 from tesseract.client.beam_search import ChosenExpert
-from tesseract.client.errors import MixtureError
+from tesseract.client.errors import ExpertError, MixtureError
 from tesseract.client.parallel import Job, call_many
 from tesseract.client.routing import ExpertFinder
 from tesseract.client.session import Client
@@ -29,6 +29,9 @@ from tesseract.dht.experts import UID_DELIMITER, parse_prefix
 from tesseract.runtime.schema import TensorSchema
 
 logger = logging.getLogger(__name__)
+
+#: Failures that suggest the expert is gone or broken, not just busy: leave it out of routing a while.
+COOLDOWN_KINDS = {ExpertError.TIMEOUT, ExpertError.UNREACHABLE, ExpertError.BAD_ANSWER}
 
 
 class RemoteMixtureOfExperts(nn.Module):
@@ -141,7 +144,7 @@ class RemoteMixtureOfExperts(nn.Module):
 
     async def _forward_all(
         self, jobs: list[Job], inputs: torch.Tensor
-    ) -> tuple[dict[int, list[torch.Tensor]], dict[int, str]]:
+    ) -> tuple[dict[int, list[torch.Tensor]], dict[int, ExpertError]]:
         async def call(index: int, job: Job) -> list[torch.Tensor]:
             return await calls.expert_forward(
                 self.client, job.uid, job.endpoint, [inputs[job.rows]], self.forward_timeout
@@ -164,7 +167,10 @@ class RemoteMixtureOfExperts(nn.Module):
                 del answers[index]
                 shapes = [list(t.shape) for t in tensors]
                 expected = list(schema.shape) if schema else "?"
-                failures[index] = f"answered shapes {shapes}, the mixture expects [rows, {expected}]"
+                reason = f"answered shapes {shapes}, the mixture expects [rows, {expected}]"
+                failures[index] = ExpertError(
+                    jobs[index].uid, jobs[index].endpoint, reason, ExpertError.BAD_ANSWER
+                )
         self._note("forward", jobs, failures)
         return answers, failures
 
@@ -179,23 +185,25 @@ class RemoteMixtureOfExperts(nn.Module):
                 return info.schema.outputs[0]
         return None
 
-    def _note(self, kind: str, jobs: list[Job], failures: dict[int, str]) -> None:
+    def _note(self, kind: str, jobs: list[Job], failures: dict[int, ExpertError]) -> None:
         self.stats[f"{kind}_calls"] += len(jobs)
         self.stats[f"{kind}_failures"] += len(failures)
         if kind == "forward":
             self.last_failures = {}
         until = trio.current_time() + self.failure_cooldown
-        for index, reason in failures.items():
+        for index, error in failures.items():
             job = jobs[index]
-            self.last_failures[job.uid] = reason
-            self._cooldown[job.uid] = until
-            logger.debug("%s of %s at %s failed: %s", kind, job.uid, job.endpoint, reason)
+            self.last_failures[job.uid] = error.reason
+            self.stats[f"{kind}_{error.kind}"] += 1
+            if error.kind in COOLDOWN_KINDS:
+                self._cooldown[job.uid] = until
+            logger.debug("%s of %s at %s failed: %s", kind, job.uid, job.endpoint, error.reason)
 
     # ----- backward -----------------------------------------------------------------------------
 
     async def _backward_all(
         self, jobs: list[Job], inputs: torch.Tensor, grads: list[torch.Tensor], batch_size: int
-    ) -> tuple[dict[int, list[torch.Tensor]], dict[int, str]]:
+    ) -> tuple[dict[int, list[torch.Tensor]], dict[int, ExpertError]]:
         async def call(index: int, job: Job) -> list[torch.Tensor]:
             return await calls.expert_backward(
                 self.client, job.uid, job.endpoint, [inputs[job.rows]], [grads[index]], self.backward_timeout
@@ -219,7 +227,7 @@ class RemoteMixtureOfExperts(nn.Module):
         needed: int,
         jobs: list[Job],
         answers: dict,
-        failures: dict[int, str],
+        failures: dict[int, ExpertError],
         batch_size: int,
     ) -> None:
         counts = torch.zeros(batch_size, dtype=torch.long)
@@ -228,7 +236,7 @@ class RemoteMixtureOfExperts(nn.Module):
         short = (counts < needed).nonzero().flatten().tolist()
         if not short or self.allow_zero_outputs:
             return
-        reasons = [f"{jobs[i].uid}: {reason}" for i, reason in sorted(failures.items())]
+        reasons = [f"{jobs[i].uid}: {error.reason}" for i, error in sorted(failures.items())]
         detail = "; ".join(reasons[:8]) + (f"; and {len(reasons) - 8} more" if len(reasons) > 8 else "")
         if not jobs:
             detail = f"no live expert under {self.uid_prefix!r} was found"

@@ -38,10 +38,10 @@ async def call_many(
     timeout: float,
     timeout_after_k_min: float,
     detect_anomalies: bool = False,
-) -> tuple[dict[int, list[torch.Tensor]], dict[int, str]]:
-    """Run ``call(index, job)`` for every job; return (answers by job index, failure reasons by job index)."""
+) -> tuple[dict[int, list[torch.Tensor]], dict[int, ExpertError]]:
+    """Run ``call(index, job)`` for every job; return (answers, failures), both by job index."""
     answers: dict[int, list[torch.Tensor]] = {}
-    failures: dict[int, str] = {}
+    failures: dict[int, ExpertError] = {}
     needed = [k_min] * batch_size
     state = {"unsatisfied": batch_size if k_min > 0 else 0, "finished": 0}
     enough = trio.Event()  # every sample has k_min answers, or every call is over
@@ -53,14 +53,16 @@ async def call_many(
             if detect_anomalies and not all(
                 bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()
             ):
-                raise ExpertError(job.uid, job.endpoint, "answered with NaN or infinite values")
+                raise ExpertError(
+                    job.uid, job.endpoint, "answered with NaN or infinite values", ExpertError.BAD_ANSWER
+                )
             answers[index] = tensors
             for row in job.rows.tolist():
                 needed[row] -= 1
                 if needed[row] == 0:
                     state["unsatisfied"] -= 1
         except ExpertError as exc:
-            failures[index] = exc.reason
+            failures[index] = exc
         finally:
             state["finished"] += 1
             if state["finished"] == len(jobs):
@@ -78,9 +80,14 @@ async def call_many(
             with trio.move_on_after(timeout_after_k_min):
                 await all_done.wait()
         nursery.cancel_scope.cancel()
-    for index in range(len(jobs)):
+    for index, job in enumerate(jobs):
         if index not in answers and index not in failures:
-            waited = timeout if overall.cancelled_caught else timeout_after_k_min
-            what = "no answer in time" if overall.cancelled_caught else "a straggler"
-            failures[index] = f"{what}: cancelled after {waited:.3g}s"
+            if overall.cancelled_caught:
+                reason, kind = f"no answer within {timeout:.3g}s", ExpertError.TIMEOUT
+            else:
+                reason, kind = (
+                    f"a straggler, dropped {timeout_after_k_min:.3g}s after k_min",
+                    ExpertError.STRAGGLER,
+                )
+            failures[index] = ExpertError(job.uid, job.endpoint, reason, kind)
     return answers, failures
