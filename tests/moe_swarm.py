@@ -27,10 +27,15 @@ async def start_bootstrap(world: World) -> Host:
 
 
 async def start_expert_server(
-    world: World, backends: list[ExpertBackend], initial_peers: list[str], **options
+    world: World,
+    backends: list[ExpertBackend],
+    initial_peers: list[str],
+    *,
+    host: Host | None = None,
+    **options,
 ) -> tuple[Host, ExpertServer]:
-    """A host with a DHT node and an expert server that has announced its experts once."""
-    host = await world.new_host()
+    """A host (new unless given) with a DHT node and an expert server that has announced its experts once."""
+    host = host or await world.new_host()
     started: list[ExpertServer] = []
 
     async def run() -> None:

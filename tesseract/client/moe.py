@@ -30,8 +30,9 @@ from tesseract.runtime.schema import TensorSchema
 
 logger = logging.getLogger(__name__)
 
-#: Failures that suggest the expert is gone or broken, not just busy: leave it out of routing a while.
-COOLDOWN_KINDS = {ExpertError.TIMEOUT, ExpertError.UNREACHABLE, ExpertError.BAD_ANSWER}
+#: Failures that suggest the expert is gone, broken or far too slow: leave it out of routing a while.
+#: A refusal (a typed error reply) says nothing about the next call, so it is not held against it.
+COOLDOWN_KINDS = {ExpertError.TIMEOUT, ExpertError.UNREACHABLE, ExpertError.BAD_ANSWER, ExpertError.STRAGGLER}
 
 
 class RemoteMixtureOfExperts(nn.Module):

@@ -381,10 +381,11 @@ class RPCClient:
             envelope, _ = split_body(memoryview(frame.body), frame.envelope_size)
             pending = connection.pending.pop(envelope.id, None)
             if pending is None:
-                if isinstance(envelope, ErrorReply):
-                    # id 0 or unknown: the peer could not parse something we sent.
+                if isinstance(envelope, ErrorReply) and envelope.id == 0:
+                    # The peer could not parse something we sent: worth a line in the log.
                     logger.warning("%s reported %s: %s", connection.address, envelope.code, envelope.message)
-                self.stats["late_replies"] += 1
+                else:
+                    self.stats["late_replies"] += 1  # the caller gave up (deadline, cancelled) before it came
                 continue
             pending.envelope = envelope
             pending.frame = frame

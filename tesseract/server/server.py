@@ -41,12 +41,14 @@ class ExpertServer:
         checkpoint_dir: Path | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         fault_rate: float = 0.0,
+        faulty_kinds: Sequence[str] = (FORWARD, BACKWARD),
     ) -> None:
-        """``fault_rate``: the share of forward and backward requests answered with an injected
+        """``fault_rate``: the share of requests of ``faulty_kinds`` answered with an injected
         ``unavailable`` error (drawn from the host's seeded random), to test trainers against failures."""
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be within [0, 1], got {fault_rate}")
         self.fault_rate = fault_rate
+        self.faulty_kinds = frozenset(faulty_kinds)
         self.injected_faults = 0
         self.host = host
         self.backends = {backend.uid: backend for backend in backends}
@@ -140,14 +142,14 @@ class ExpertServer:
         backend = self._backend(request.uid)
         return wire.InfoResponse(backend.uid, backend.schema, backend.max_batch_size)
 
-    def _maybe_inject_fault(self) -> None:
-        if self.fault_rate and self.host.random.random() < self.fault_rate:
+    def _maybe_inject_fault(self, kind: str) -> None:
+        if self.fault_rate and kind in self.faulty_kinds and self.host.random.random() < self.fault_rate:
             self.injected_faults += 1
             raise RemoteError(ErrorCode.UNAVAILABLE.value, "injected fault (fault_rate)")
 
     async def _on_forward(self, request: wire.ForwardRequest, peer: str) -> wire.ForwardResponse:
         backend = self._backend(request.uid)
-        self._maybe_inject_fault()
+        self._maybe_inject_fault(FORWARD)
         inputs = [deserialize_tensor(t) for t in request.inputs]
         rows = check_batch(
             inputs, backend.schema.inputs, what="inputs", max_batch_size=backend.max_batch_size
@@ -157,7 +159,7 @@ class ExpertServer:
 
     async def _on_backward(self, request: wire.BackwardRequest, peer: str) -> wire.BackwardResponse:
         backend = self._backend(request.uid)
-        self._maybe_inject_fault()
+        self._maybe_inject_fault(BACKWARD)
         inputs = [deserialize_tensor(t) for t in request.inputs]
         grads = [deserialize_tensor(t) for t in request.grad_outputs]
         rows = check_batch(
