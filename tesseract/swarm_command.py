@@ -66,6 +66,23 @@ def trainer_arguments(options: argparse.Namespace, summary: Path) -> list[str]:
     return arguments
 
 
+def settings_problem(options: argparse.Namespace) -> str | None:
+    """What is wrong with the settings, found before any process starts (None: nothing)."""
+    if not options.grid or any(size < 1 for size in options.grid):
+        return f"--grid needs positive sizes, got {options.grid}"
+    if options.servers < 1:
+        return f"--servers must be at least 1, got {options.servers}"
+    if not 0.0 <= options.fault_rate <= 1.0:
+        return f"--fault-rate must be within [0, 1], got {options.fault_rate}"
+    if options.dataset != "digits":
+        directory = options.dataset.partition(":")[2] if options.dataset.startswith("mnist:") else None
+        if directory is None:
+            return f"unknown data set {options.dataset!r}: use 'digits' or 'mnist:DIRECTORY'"
+        if not Path(directory).is_dir():
+            return f"{directory} is not a directory of MNIST IDX files"
+    return None
+
+
 def run(options: argparse.Namespace) -> int:
     from tesseract.launch import LocalSwarm, NodeProcessError
 

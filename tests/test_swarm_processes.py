@@ -1,0 +1,70 @@
+"""The main job: ``tesseract swarm --local`` trains on the digits over real processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def swarm(tmp_path: Path, *arguments: str) -> dict:
+    out = tmp_path / "swarm.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tesseract",
+            "swarm",
+            "--local",
+            "--log-every",
+            "0",
+            "--json",
+            str(out),
+            *arguments,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "all processes stopped" in result.stdout
+    return json.loads(out.read_text())
+
+
+def test_a_local_swarm_learns_the_digits(tmp_path: Path) -> None:
+    summary = swarm(tmp_path, "--epochs", "8")
+    assert {"final_test_accuracy", "steps", "samples_per_s", "failed_calls"} <= summary.keys()
+    assert summary["failed_calls"] == 0 and summary["samples_per_s"] > 0
+    assert summary["final_test_accuracy"] >= 0.95, summary
+
+
+def test_a_local_swarm_learns_with_a_tenth_of_expert_calls_failing(tmp_path: Path) -> None:
+    summary = swarm(tmp_path, "--epochs", "8", "--fault-rate", "0.1")
+    share = summary["failed_calls"] / summary["expert_calls"]
+    assert 0.06 <= share <= 0.14, summary
+    assert summary["final_test_accuracy"] >= 0.93, summary
+
+
+def test_swarm_needs_local_and_says_so() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tesseract", "swarm"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "only --local is supported" in result.stderr
+
+
+@pytest.mark.parametrize("bad", [["--grid", "0"], ["--servers", "0"], ["--dataset", "nope"]])
+def test_bad_swarm_settings_get_a_clear_error(bad: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tesseract", "swarm", "--local", "--epochs", "1", *bad],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "error" in (result.stderr + result.stdout).lower()
