@@ -87,9 +87,11 @@ def run(options: argparse.Namespace) -> int:
     from tesseract.launch import LocalSwarm, NodeProcessError
 
     if not options.local:
-        print(
-            "error: only --local is supported here; deploy/ runs a swarm over many machines", file=sys.stderr
-        )
+        print("error: only --local is supported; deploy/ runs a swarm over many machines", file=sys.stderr)
+        return 2
+    problem = settings_problem(options)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tesseract-swarm-")))
