@@ -14,9 +14,10 @@ that one of the top ``k`` experts needs.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Collection, Mapping, Sequence
 from typing import NamedTuple
+
+import torch
 
 from tesseract.dht.experts import UID_DELIMITER, ExpertInfo
 
@@ -40,13 +41,14 @@ class BeamSearch:
     def __init__(
         self,
         uid_prefix: str,
-        grid_scores: Sequence[Sequence[Sequence[float]]],
+        grid_scores: Sequence[torch.Tensor | Sequence[Sequence[float]]],
         grid_size: Sequence[int],
         k_best: int,
         beam_size: int | None = None,
         exclude: Collection[str] = (),
     ) -> None:
-        """``grid_scores[d][sample][coordinate]``: the gate's scores for dimension ``d``.
+        """``grid_scores[d][sample][coordinate]``: the gate's scores for dimension ``d`` (a tensor
+        ``[batch, grid_size[d]]`` or nested lists).
 
         ``exclude``: uids not to choose (experts that failed a moment ago).
         """
@@ -74,37 +76,70 @@ class BeamSearch:
     def feed(self, successors: Mapping[str, Mapping[int, ExpertInfo]]) -> None:
         """Advance one dimension given ``prefix -> {coordinate: an expert under prefix.coordinate}``."""
         depth, last = self.depth, self.depth == len(self.grid_size) - 1
+        keep = self.k_best if last else self.beam_size
         size = self.grid_size[depth]
+        prefixes = self.wanted()
+        row_of = {prefix: row for row, prefix in enumerate(prefixes)}
+        # alive[p, c]: prefix p may go on to coordinate c; the extra last row pads short beams.
+        alive = torch.zeros(len(prefixes) + 1, size, dtype=torch.bool)
+        usable: list[dict[int, ExpertInfo]] = []
+        for row, prefix in enumerate(prefixes):
+            found = self._usable(prefix, successors.get(prefix, {}), last)
+            usable.append(found)
+            if found:
+                alive[row, list(found)] = True
+        width = max(len(beam) for beam in self.beams)
+        padding = [(len(prefixes), float("-inf"))] * width
+        rows = [([(row_of[c.prefix], c.score) for c in beam] + padding)[:width] for beam in self.beams]
+        parents = torch.tensor([[row for row, _ in entries] for entries in rows], dtype=torch.long)
+        parent_scores = torch.tensor(
+            [[score for _, score in entries] for entries in rows], dtype=torch.float64
+        )
+        scores = torch.as_tensor(self.grid_scores[depth], dtype=torch.float64).reshape(self.batch_size, size)
+        total = (parent_scores[:, :, None] + scores[:, None, :]).masked_fill(~alive[parents], float("-inf"))
+        values, positions = total.reshape(self.batch_size, width * size).topk(min(keep, width * size), dim=1)
         final: list[list[ChosenExpert]] = []
-        for sample, beam in enumerate(self.beams):
-            scores = self.grid_scores[depth][sample]
-            extended: list[tuple[float, Candidate, ExpertInfo]] = []
-            for candidate in beam:
-                for coordinate, info in successors.get(candidate.prefix, {}).items():
-                    if 0 <= coordinate < size and not (
-                        last and f"{candidate.prefix}.{coordinate}" in self.exclude
-                    ):
-                        score = candidate.score + float(scores[coordinate])
-                        prefix = f"{candidate.prefix}{UID_DELIMITER}{coordinate}"
-                        extended.append(
-                            (score, Candidate(score, prefix, (*candidate.coordinates, coordinate)), info)
-                        )
-            keep = self.k_best if last else self.beam_size
-            best = heapq.nlargest(keep, extended, key=lambda item: (item[0], _tiebreak(item[1].coordinates)))
-            self.beams[sample] = [candidate for _, candidate, _ in best]
-            if last:
-                final.append(
-                    [
-                        ChosenExpert(candidate.prefix, info.endpoint, score, candidate.coordinates)
-                        for score, candidate, info in best
-                        if info.uid == candidate.prefix
-                    ]
-                )
+        made: dict[tuple[int, int], tuple[str, tuple[int, ...], str]] = {}  # shared by the samples
+        for sample, (sample_values, sample_positions) in enumerate(
+            zip(values.tolist(), positions.tolist(), strict=True)
+        ):
+            beam, kept, chosen = self.beams[sample], [], []
+            for score, position in zip(sample_values, sample_positions, strict=True):
+                if score == float("-inf"):
+                    break
+                rank, coordinate = divmod(position, size)
+                parent = beam[rank]
+                key = (row_of[parent.prefix], coordinate)
+                if key not in made:
+                    endpoint = usable[key[0]][coordinate].endpoint if last else ""
+                    prefix = f"{parent.prefix}{UID_DELIMITER}{coordinate}"
+                    made[key] = (prefix, (*parent.coordinates, coordinate), endpoint)
+                prefix, coordinates, endpoint = made[key]
+                kept.append(Candidate(score, prefix, coordinates))
+                if last:
+                    chosen.append(ChosenExpert(prefix, endpoint, score, coordinates))
+            self.beams[sample] = kept
+            final.append(chosen)
         self.depth += 1
         if last:
             self._final = final
         elif not any(self.beams):  # nothing alive under any prefix: done early, empty-handed
             self._final = [[] for _ in self.beams]
+
+    def _usable(self, prefix: str, found: Mapping[int, ExpertInfo], last: bool) -> dict[int, ExpertInfo]:
+        """The successors of ``prefix`` a sample may take: in the grid, and at the last dimension
+        announced under their own uid and not excluded."""
+        size = self.grid_size[self.depth]
+        usable = {}
+        for coordinate, info in found.items():
+            if not 0 <= coordinate < size:
+                continue
+            if last:
+                uid = f"{prefix}{UID_DELIMITER}{coordinate}"
+                if info.uid != uid or uid in self.exclude:
+                    continue
+            usable[coordinate] = info
+        return usable
 
     def result(self) -> list[list[ChosenExpert]]:
         """Per sample, up to ``k_best`` live experts, best first."""
@@ -113,8 +148,3 @@ class BeamSearch:
                 return []
             raise RuntimeError("the search has not finished: feed it what wanted() asks for")
         return self._final
-
-
-def _tiebreak(coordinates: tuple[int, ...]) -> tuple[int, ...]:
-    """Equal scores: prefer smaller coordinates, so the choice never depends on dict order."""
-    return tuple(-c for c in coordinates)

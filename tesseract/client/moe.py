@@ -87,6 +87,8 @@ class RemoteMixtureOfExperts(nn.Module):
         self.finder = ExpertFinder(client.require_dht(), cache_ttl=cache_ttl)
         #: Calls and failures: forward_calls, forward_failures, backward_calls, backward_failures.
         self.stats: Counter[str] = Counter()
+        #: Seconds spent (on the client's clock) routing: the beam search and its DHT rounds.
+        self.routing_time = 0.0
         #: The experts chosen for each sample in the last forward, best first (for inspection).
         self.last_routing: list[list[ChosenExpert]] = []
         #: Failure reasons of the last forward and backward, uid -> reason.
@@ -102,7 +104,7 @@ class RemoteMixtureOfExperts(nn.Module):
         leading = x.shape[:-1]
         flat = x.reshape(-1, self.in_features)
         logits = self.proj(flat).split(self.grid_size, dim=-1)
-        scores = [part.detach().float().cpu().tolist() for part in logits]
+        scores = [part.detach().to("cpu", torch.float64) for part in logits]
         self.last_routing = self.client.run(self._route, scores)
         jobs, coordinates, present = self._plan(self.last_routing, len(flat))
         outputs, answered = _MixtureCall.apply(self, jobs, flat)
@@ -115,12 +117,15 @@ class RemoteMixtureOfExperts(nn.Module):
         mixed = (weights * outputs).sum(dim=1)
         return mixed.reshape(*leading, *mixed.shape[1:])
 
-    async def _route(self, scores: list[list[list[float]]]) -> list[list[ChosenExpert]]:
-        now = trio.current_time()
-        self._cooldown = {uid: until for uid, until in self._cooldown.items() if until > now}
-        return await self.finder.find_best(
-            self.uid_prefix, scores, self.grid_size, self.k_best, self.beam_size, exclude=self._cooldown
-        )
+    async def _route(self, scores: list[torch.Tensor]) -> list[list[ChosenExpert]]:
+        started = trio.current_time()
+        self._cooldown = {uid: until for uid, until in self._cooldown.items() if until > started}
+        try:
+            return await self.finder.find_best(
+                self.uid_prefix, scores, self.grid_size, self.k_best, self.beam_size, exclude=self._cooldown
+            )
+        finally:
+            self.routing_time += trio.current_time() - started
 
     def _plan(
         self, routing: list[list[ChosenExpert]], batch_size: int
