@@ -20,6 +20,8 @@ from tesseract.runtime.schema import ExpertSchema, check_batch
 from tesseract.server import protocol as wire
 
 DEFAULT_TIMEOUT = 30.0
+#: Makes autograd call backward (so the expert trains) even when no input needs a gradient.
+DUMMY = torch.empty(0, requires_grad=True)
 
 
 class RemoteExpert(nn.Module):
@@ -44,7 +46,7 @@ class RemoteExpert(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         self.check_inputs(list(inputs))
-        outputs = _RemoteCall.apply(self, *inputs)
+        outputs = _RemoteCall.apply(self, DUMMY, *inputs)
         return outputs[0] if len(outputs) == 1 else outputs
 
     def check_inputs(self, inputs: list[torch.Tensor]) -> None:
@@ -78,7 +80,9 @@ class RemoteExpert(nn.Module):
 
 class _RemoteCall(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, expert: RemoteExpert, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        ctx: Any, expert: RemoteExpert, dummy: torch.Tensor, *inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         ctx.expert = expert
         ctx.save_for_backward(*inputs)
         detached = [t.detach() for t in inputs]
@@ -90,7 +94,5 @@ class _RemoteCall(torch.autograd.Function):
         inputs = list(ctx.saved_tensors)
         grads = [g.contiguous() for g in grad_outputs]
         grad_inputs = expert.client.run(expert.backward_async, inputs, grads)
-        return (
-            None,
-            *(g if needs else None for g, needs in zip(grad_inputs, ctx.needs_input_grad[1:], strict=True)),
-        )
+        needs = ctx.needs_input_grad[2:]
+        return (None, None, *(g if need else None for g, need in zip(grad_inputs, needs, strict=True)))

@@ -30,6 +30,10 @@ from tesseract.runtime.schema import TensorSchema
 
 logger = logging.getLogger(__name__)
 
+#: Passed to the autograd functions so that their backward runs (and the experts train) even when
+#: nothing before the layer needs a gradient.
+DUMMY = torch.empty(0, requires_grad=True)
+
 #: Failures that suggest the expert is gone, broken or far too slow: leave it out of routing a while.
 #: A refusal (a typed error reply) says nothing about the next call, so it is not held against it.
 COOLDOWN_KINDS = {ExpertError.TIMEOUT, ExpertError.UNREACHABLE, ExpertError.BAD_ANSWER, ExpertError.STRAGGLER}
@@ -107,7 +111,7 @@ class RemoteMixtureOfExperts(nn.Module):
         scores = [part.detach().to("cpu", torch.float64) for part in logits]
         self.last_routing = self.client.run(self._route, scores)
         jobs, coordinates, present = self._plan(self.last_routing, len(flat))
-        outputs, answered = _MixtureCall.apply(self, jobs, flat)
+        outputs, answered = _MixtureCall.apply(self, jobs, DUMMY, flat)
         alive = answered & present
         gate = sum(part.gather(1, coordinates[:, :, d]) for d, part in enumerate(logits))
         any_alive = alive.any(dim=1, keepdim=True)
@@ -262,7 +266,9 @@ class _MixtureCall(torch.autograd.Function):
     """Experts' outputs ``[batch, k_best, *output]`` and which slots answered ``[batch, k_best]``."""
 
     @staticmethod
-    def forward(ctx: Any, moe: RemoteMixtureOfExperts, jobs: list[Job], inputs: torch.Tensor):
+    def forward(
+        ctx: Any, moe: RemoteMixtureOfExperts, jobs: list[Job], dummy: torch.Tensor, inputs: torch.Tensor
+    ):
         batch_size = len(inputs)
         detached = inputs.detach()
         answers, failures = moe.client.run(moe._forward_all, jobs, detached)
@@ -288,11 +294,10 @@ class _MixtureCall(torch.autograd.Function):
         (inputs,) = ctx.saved_tensors
         jobs: list[Job] = ctx.jobs
         grad_inputs = torch.zeros_like(inputs)
-        if not jobs or not ctx.needs_input_grad[2]:
-            return None, None, grad_inputs if ctx.needs_input_grad[2] else None
-        grads = [grad_outputs[job.rows, job.slots].contiguous() for job in jobs]
-        answers, failures = moe.client.run(moe._backward_all, jobs, inputs, grads, len(inputs))
-        moe._check_enough("backward", moe.backward_k_min, jobs, answers, failures, len(inputs))
-        for index, tensors in answers.items():
-            grad_inputs.index_add_(0, jobs[index].rows, tensors[0].to(grad_inputs.dtype))
-        return None, None, grad_inputs
+        if jobs:  # always: the experts learn from their backward calls, whether or not x needs a gradient
+            grads = [grad_outputs[job.rows, job.slots].contiguous() for job in jobs]
+            answers, failures = moe.client.run(moe._backward_all, jobs, inputs, grads, len(inputs))
+            moe._check_enough("backward", moe.backward_k_min, jobs, answers, failures, len(inputs))
+            for index, tensors in answers.items():
+                grad_inputs.index_add_(0, jobs[index].rows, tensors[0].to(grad_inputs.dtype))
+        return None, None, None, grad_inputs if ctx.needs_input_grad[3] else None
