@@ -89,3 +89,56 @@ def test_mixture_equals_a_local_mixture_with_the_same_weights(world: World) -> N
 
 def test_mixture_masks_out_experts_whose_server_died(world: World) -> None:
     run_mixture_check(world, failed_server=True)
+
+
+def test_switch_mixture_routes_each_sample_to_one_expert_and_balances_the_grid(world: World) -> None:
+    from tesseract.client import RemoteSwitchMixtureOfExperts
+
+    backends = {uid: make_backend(uid, "ffn", HIDDEN, seed=i) for i, uid in enumerate(grid_uids())}
+    twins = {uid: local_twin(backend) for uid, backend in backends.items()}
+
+    async def main(world: World) -> None:
+        boot = await start_bootstrap(world)
+        await start_expert_server(world, list(backends.values()), [boot.address])
+        async with Client.attach(await world.new_host(), [boot.address]) as client:
+            torch.manual_seed(3)
+            switch = RemoteSwitchMixtureOfExperts(
+                in_features=HIDDEN, grid_size=GRID, uid_prefix="ffn", client=client, jitter=0.1
+            )
+            x = torch.randn(16, HIDDEN)
+
+            def evaluate() -> tuple[torch.Tensor, torch.Tensor]:
+                switch.eval()  # no jitter: the routing is the gate's own choice
+                with torch.no_grad():
+                    return switch(x)
+
+            out, balance = await client.host.compute(evaluate)
+            with torch.no_grad():
+                log_probs = [p.log_softmax(-1) for p in switch.proj(x).split(GRID, dim=-1)]
+            expected, share = [], [torch.zeros(size) for size in GRID]
+            for row, experts in enumerate(switch.last_routing):
+                (best,) = experts
+                brute = max(
+                    ((i, j) for i in range(GRID[0]) for j in range(GRID[1])),
+                    key=lambda c: float(log_probs[0][row, c[0]] + log_probs[1][row, c[1]]),
+                )
+                assert best.coordinates == brute
+                p = (log_probs[0][row, brute[0]] + log_probs[1][row, brute[1]]).exp()
+                expected.append(p * twins[best.uid].module(x[row : row + 1])[0])
+                for d in range(2):
+                    share[d][brute[d]] += 1 / len(x)
+            torch.testing.assert_close(out, torch.stack(expected).detach(), atol=1e-5, rtol=0)
+            balance_expected = (
+                sum(GRID[d] * (share[d] * log_probs[d].exp().mean(0)).sum() for d in range(2)) / 2
+            )
+            torch.testing.assert_close(balance, balance_expected.detach(), atol=1e-6, rtol=0)
+
+            def train_step() -> None:
+                switch.train()
+                out, balance = switch(x)
+                (out.pow(2).mean() + 0.01 * balance).backward()
+
+            await client.host.compute(train_step)
+            assert switch.proj.weight.grad is not None and switch.proj.weight.grad.abs().sum() > 0
+
+    world.run(main)

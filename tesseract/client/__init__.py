@@ -2,6 +2,15 @@
 
 from tesseract.client.errors import ExpertError, MixtureError
 from tesseract.client.expert import RemoteExpert
+from tesseract.client.moe import RemoteMixtureOfExperts
 from tesseract.client.session import Client
+from tesseract.client.switch import RemoteSwitchMixtureOfExperts
 
-__all__ = ["Client", "ExpertError", "MixtureError", "RemoteExpert"]
+__all__ = [
+    "Client",
+    "ExpertError",
+    "MixtureError",
+    "RemoteExpert",
+    "RemoteMixtureOfExperts",
+    "RemoteSwitchMixtureOfExperts",
+]

@@ -103,20 +103,32 @@ class RemoteMixtureOfExperts(nn.Module):
     # ----- forward ------------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"expected inputs with {self.in_features} features, got shape {list(x.shape)}")
-        leading = x.shape[:-1]
-        flat = x.reshape(-1, self.in_features)
+        flat = self._flatten(x)
         logits = self.proj(flat).split(self.grid_size, dim=-1)
-        scores = [part.detach().to("cpu", torch.float64) for part in logits]
-        self.last_routing = self.client.run(self._route, scores)
-        jobs, coordinates, present = self._plan(self.last_routing, len(flat))
-        outputs, answered = _MixtureCall.apply(self, jobs, DUMMY, flat)
-        alive = answered & present
+        outputs, alive, coordinates = self._call_experts(flat, logits)
         gate = sum(part.gather(1, coordinates[:, :, d]) for d, part in enumerate(logits))
         any_alive = alive.any(dim=1, keepdim=True)
         gate = gate.masked_fill(~alive & any_alive, float("-inf")).masked_fill(~any_alive, 0.0)
         weights = torch.softmax(gate, dim=1) * alive
+        return self._mix(weights, outputs, x.shape[:-1])
+
+    def _flatten(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected inputs with {self.in_features} features, got shape {list(x.shape)}")
+        return x.reshape(-1, self.in_features)
+
+    def _call_experts(
+        self, flat: torch.Tensor, logits: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Route, call, gather: outputs ``[batch, k, ...]``, which slots answered, their coordinates."""
+        scores = [part.detach().to("cpu", torch.float64) for part in logits]
+        self.last_routing = self.client.run(self._route, scores)
+        jobs, coordinates, present = self._plan(self.last_routing, len(flat))
+        outputs, answered = _MixtureCall.apply(self, jobs, DUMMY, flat)
+        return outputs, answered & present, coordinates
+
+    @staticmethod
+    def _mix(weights: torch.Tensor, outputs: torch.Tensor, leading: torch.Size) -> torch.Tensor:
         weights = weights.reshape(*weights.shape, *([1] * (outputs.dim() - 2))).to(outputs.dtype)
         mixed = (weights * outputs).sum(dim=1)
         return mixed.reshape(*leading, *mixed.shape[1:])
