@@ -68,3 +68,35 @@ def test_bad_swarm_settings_get_a_clear_error(bad: list[str]) -> None:
         timeout=120,
     )
     assert result.returncode != 0 and "error" in (result.stderr + result.stdout).lower()
+
+
+def test_ctrl_c_stops_every_process_of_the_swarm(tmp_path: Path) -> None:
+    import os
+    import re
+    import signal
+    import socket
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tesseract", "swarm", "--local", "--epochs", "50", "--log-every", "1"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, like a shell job: Ctrl+C reaches all of it
+    )
+    addresses: list[str] = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        if match := re.search(r"DHT bootstrap at (\S+); servers at (.*)$", line):
+            addresses = [match.group(1).rstrip(";"), *match.group(2).split(", ")]
+        if "step 3/" in line:
+            break
+    assert addresses, "the swarm never said where its nodes are"
+    os.killpg(process.pid, signal.SIGINT)
+    rest, _ = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert "interrupted: stopping the swarm" in rest, rest[-2000:]
+    for address in addresses:
+        host, port = address.rsplit(":", 1)
+        with socket.socket() as probe:
+            assert probe.connect_ex((host, int(port))) != 0, f"{address} still listens after Ctrl+C"

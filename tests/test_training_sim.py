@@ -93,3 +93,32 @@ def test_training_goes_on_through_dead_slow_crashing_joining_and_failing_experts
         assert any(uid.startswith("ffn.3.") and int(uid.split(".")[2]) >= 3 for uid in newcomer), newcomer
 
     world.run(main)
+
+
+def test_a_trainer_whose_swarm_is_gone_stops_with_a_clear_error_instead_of_spinning() -> None:
+    import pytest
+
+    from tesseract.train.trainer import TrainingStalled
+
+    world = SimWorld(seed=2)
+
+    async def main(world) -> None:
+        boot = await start_bootstrap(world)
+        hosts = [await serve(world, grid_row(row), boot) for row in range(2)]
+        async with Client.attach(await world.new_host(), [boot.address]) as client:
+            trainer = make_trainer(client, epochs=3)
+
+            async def crash_everything() -> None:
+                await wait_for_steps(trainer, 5)
+                for host in hosts:
+                    await world.crash(host)
+
+            started = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(crash_everything)
+                with pytest.raises(TrainingStalled, match=r"30 steps in a row failed; the last: .*ffn"):
+                    await trainer.run_async()
+            assert trainer.state.steps >= 5 and trainer.state.consecutive_failures == 30
+            assert trio.current_time() - started < 300  # backed off, within bounds
+
+    world.run(main)

@@ -21,7 +21,7 @@ from tesseract.client.session import Client
 from tesseract.dht.node import BootstrapError
 from tesseract.train.data import load_dataset
 from tesseract.train.model import MixtureClassifier
-from tesseract.train.trainer import TrainConfig, Trainer
+from tesseract.train.trainer import TrainConfig, Trainer, TrainingStalled
 
 
 def say(line: str) -> None:
@@ -93,6 +93,9 @@ def run(options: argparse.Namespace) -> int:
     except (BootstrapError, MixtureError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingStalled as exc:
+        print(f"error: training stopped: {exc}", file=sys.stderr)
+        return 1
     say(
         f"done: test accuracy {summary['final_test_accuracy']:.4f} after {summary['steps']} steps, "
         f"{summary['samples_per_s']:.0f} samples/s, {summary['failed_calls']} of "

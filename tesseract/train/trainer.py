@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import trio
 from torch import nn
 
 from tesseract.client.errors import ExpertError, MixtureError
@@ -34,6 +35,12 @@ class TrainConfig:
     #: Log a progress line every this many steps (0: only at the end of each epoch).
     log_every: int = 10
     max_steps: int | None = None
+    #: A failed step waits before the next one, doubling from ``retry_delay`` up to ``max_retry_delay``
+    #: (experts come back, new ones are found when the routing cache expires) ...
+    retry_delay: float = 0.1
+    max_retry_delay: float = 5.0
+    #: ... and this many failed steps in a row end the run with ``TrainingStalled``.
+    max_consecutive_failures: int = 30
 
 
 @dataclass
@@ -45,6 +52,11 @@ class TrainState:
     losses: list[float] = field(default_factory=list)  # one per completed step
     test_accuracy: list[float] = field(default_factory=list)  # one per epoch
     last_error: str = ""
+    consecutive_failures: int = 0
+
+
+class TrainingStalled(RuntimeError):
+    """Too many steps in a row failed: the swarm cannot serve this model now."""
 
 
 class Trainer:
@@ -109,15 +121,25 @@ class Trainer:
             loss = nn.functional.cross_entropy(self.model(x), y)
             loss.backward()
         except (MixtureError, ExpertError) as exc:
-            self.state.failed_steps += 1
-            self.state.last_error = str(exc)
-            logger.warning("step skipped: %s", exc)
+            self._step_failed(exc)
             return
+        self.state.consecutive_failures = 0
         self.optimizer.step()
         self.state.steps += 1
         self.state.samples += len(y)
         self.state.losses.append(float(loss.detach()))
         self.state.train_time += self.client.now() - started
+
+    def _step_failed(self, error: Exception) -> None:
+        state, config = self.state, self.config
+        state.failed_steps += 1
+        state.consecutive_failures += 1
+        state.last_error = str(error)
+        if state.consecutive_failures >= config.max_consecutive_failures:
+            raise TrainingStalled(f"{state.consecutive_failures} steps in a row failed; the last: {error}")
+        delay = min(config.retry_delay * 2 ** (state.consecutive_failures - 1), config.max_retry_delay)
+        logger.warning("step skipped, next try in %.2gs: %s", delay, error)
+        self.client.run(trio.sleep, delay)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
         """Accuracy on ``x, y``; a batch whose experts all fail counts as wrong (and is logged)."""
