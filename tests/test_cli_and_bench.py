@@ -107,3 +107,30 @@ def test_bench_throughput_writes_its_keys(tmp_path: Path) -> None:
     assert keys <= data.keys()
     assert data["remote_samples_per_s"] > 0 and data["local_samples_per_s"] > 0
     assert data["parameters"]["clients"] == 2 and data["parameters"]["batch"] == 8
+
+
+def test_bench_moe_writes_its_keys(tmp_path: Path) -> None:
+    out = tmp_path / "moe.json"
+    result = run(
+        "benchmarks/bench_moe.py",
+        *("--grid", "2", "2", "--hidden-dim", "16", "--batch", "8", "--servers", "2"),
+        *("--warmup", "0.5", "--duration", "1", "--json", str(out)),
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert {
+        "moe_efficiency",
+        "beam_search_share",
+        "remote_samples_per_s",
+        "local_samples_per_s",
+    } <= data.keys()
+    assert data["remote_samples_per_s"] > 0 and 0 <= data["beam_search_share"] < 1
+    assert data["failed_calls"] == 0
+
+
+def test_train_and_swarm_commands_explain_themselves() -> None:
+    for command in ("train", "swarm", "server", "dht"):
+        result = run("-m", "tesseract", command, "--help")
+        assert result.returncode == 0 and "--" in result.stdout, command
+    result = run("-m", "tesseract", "train", "--initial-peers", "127.0.0.1:9", "--dataset", "nope")
+    assert result.returncode == 2 and "unknown data set" in result.stderr
