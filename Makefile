@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-slow lint bench clean
+.PHONY: install swarm test test-slow lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,14 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+swarm: $(STAMP)
+	$(BIN)/tesseract swarm --local
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_net.py
+	$(BIN)/python benchmarks/bench_dht.py --real --nodes 16
+	$(BIN)/python benchmarks/bench_throughput.py
+	$(BIN)/python benchmarks/bench_moe.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tesseract.client import Client
 from tesseract.client.moe import RemoteMixtureOfExperts
 from tesseract.launch import LocalSwarm
+from tesseract.runtime.backend import adam
 from tesseract.runtime.zoo import make_expert
 
 
@@ -39,7 +40,7 @@ class LocalMixture(nn.Module):
         self.proj = nn.Linear(hidden, sum(grid))
         self.cells = list(itertools.product(*(range(size) for size in grid)))
         self.experts = nn.ModuleList(make_expert("ffn", hidden)[0] for _ in self.cells)
-        self.optimizers = [torch.optim.Adam(expert.parameters(), lr=1e-3) for expert in self.experts]
+        self.optimizers = [adam(expert.parameters(), lr=1e-3) for expert in self.experts]  # as the servers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.proj(x).split(self.grid, dim=-1)

@@ -148,13 +148,17 @@ class RemoteMixtureOfExperts(nn.Module):
     ) -> tuple[list[Job], torch.Tensor, torch.Tensor]:
         """One job per expert; each row's chosen coordinates and which of its k slots are filled."""
         dims = len(self.grid_size)
-        coordinates = torch.zeros(batch_size, self.k_best, dims, dtype=torch.long)
-        present = torch.zeros(batch_size, self.k_best, dtype=torch.bool)
+        filler = [(0,) * dims] * self.k_best
+        coordinates = torch.tensor(
+            [([e.coordinates for e in experts] + filler)[: self.k_best] for experts in routing],
+            dtype=torch.long,
+        ).reshape(batch_size, self.k_best, dims)
+        present = torch.tensor(
+            [[slot < len(experts) for slot in range(self.k_best)] for experts in routing], dtype=torch.bool
+        ).reshape(batch_size, self.k_best)
         by_expert: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
         for row, experts in enumerate(routing):
             for slot, expert in enumerate(experts):
-                coordinates[row, slot] = torch.tensor(expert.coordinates)
-                present[row, slot] = True
                 rows, slots = by_expert.setdefault((expert.uid, expert.endpoint), ([], []))
                 rows.append(row)
                 slots.append(slot)

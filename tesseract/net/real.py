@@ -140,9 +140,11 @@ class ThreadBridge(Bridge):
 class RealHost(Host):
     """A node on real sockets. Open with ``async with RealHost.open("127.0.0.1:0") as host``."""
 
-    #: Work announced as smaller than this (``flops``) runs on the event loop itself: for a few
-    #: microseconds of torch, a round trip to a worker thread costs more than the work.
-    inline_flops: float = 1e5
+    #: Work announced as smaller than this (``flops``) runs on the event loop itself, when no worker
+    #: is busy: the round trip to a worker thread cost ~0.26 ms here, more than a small expert's
+    #: batch (8 rows of a 256-wide ffn: 0.23 ms forward). 3e7 flops is about a millisecond of CPU,
+    #: short enough not to hold up the loop's other work.
+    inline_flops: float = 3e7
 
     def __init__(self, transport: RealTransport, seed: int | None, compute_threads: int) -> None:
         self.transport = transport

@@ -21,7 +21,7 @@ import trio
 
 from tesseract.dht.node import BootstrapError, DHTNode
 from tesseract.net.real import RealHost
-from tesseract.runtime.backend import ExpertBackend
+from tesseract.runtime.backend import ExpertBackend, adam
 from tesseract.runtime.zoo import make_expert
 from tesseract.server.options import expand_experts
 from tesseract.server.server import ExpertServer
@@ -45,7 +45,7 @@ def build_backends(options: argparse.Namespace) -> list[ExpertBackend]:
                 uid,
                 module,
                 schema,
-                optimizer=lambda params: torch.optim.Adam(params, lr=options.learning_rate),
+                optimizer=lambda params: adam(params, lr=options.learning_rate),
                 clip_grad_norm=options.clip_grad_norm,
                 max_batch_size=options.max_batch_size,
                 device=device,
