@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import trio
 
 from tesseract.net import RPCClient, deserialize_tensor, serialize_tensor
 from tesseract.runtime import ExpertBackend, make_expert
@@ -30,19 +29,11 @@ def local_twin(backend: ExpertBackend) -> ExpertBackend:
 
 
 async def start_server(world: World, backends: list[ExpertBackend], **options) -> ExpertServer:
-    host = await world.new_host()
-    started: list[ExpertServer] = []
+    """An expert server (no DHT) on a new host of ``world``."""
+    from tests.moe_swarm import start_expert_server
 
-    async def serve() -> None:
-        async with ExpertServer.start(host, backends, **options) as server:
-            started.append(server)
-            await trio.sleep_forever()
-
-    world.start(host, serve)
-    with trio.fail_after(10):
-        while not started:
-            await trio.sleep(0.01)
-    return started[0]
+    _, server = await start_expert_server(world, backends, None, **options)
+    return server
 
 
 async def forward(

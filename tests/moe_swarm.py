@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
+
 import trio
 
 from tesseract.dht import DHTNode
@@ -29,21 +31,23 @@ async def start_bootstrap(world: World) -> Host:
 async def start_expert_server(
     world: World,
     backends: list[ExpertBackend],
-    initial_peers: list[str],
+    initial_peers: list[str] | None,
     *,
     host: Host | None = None,
     **options,
 ) -> tuple[Host, ExpertServer]:
-    """A host (new unless given) with a DHT node and an expert server that has announced its experts once."""
+    """An expert server on ``host`` (a new one unless given); with ``initial_peers`` (even empty) it
+    also runs a DHT node and has announced its experts once when this returns."""
     host = host or await world.new_host()
     started: list[ExpertServer] = []
 
     async def run() -> None:
-        async with (
-            DHTNode.start(host, initial_peers, leave_gracefully=False) as dht,
-            ExpertServer.start(host, backends, dht=dht, **options) as server,
-        ):
-            started.append(server)
+        async with AsyncExitStack() as stack:
+            if initial_peers is not None:
+                options["dht"] = await stack.enter_async_context(
+                    DHTNode.start(host, initial_peers, leave_gracefully=False)
+                )
+            started.append(await stack.enter_async_context(ExpertServer.start(host, backends, **options)))
             await trio.sleep_forever()
 
     world.start(host, run)
