@@ -109,3 +109,30 @@ def test_the_finder_makes_one_dht_round_per_dimension_and_caches_hits_and_misses
             assert finder.rounds == 5
 
     world.run(main)
+
+
+def test_records_outside_the_grid_or_under_another_uid_are_never_chosen() -> None:
+    scores = [[[5.0, 0.0]], [[5.0, 0.0, 0.0]]]
+    search = BeamSearch("ffn", scores, (2, 3), k_best=3)
+    search.feed(
+        {
+            "ffn": {
+                0: ExpertInfo("ffn.0.0", "a:1"),
+                1: ExpertInfo("ffn.1.0", "b:1"),
+                7: ExpertInfo("ffn.7.0", "c:1"),
+            }
+        }
+    )
+    search.feed(
+        {
+            "ffn.0": {
+                0: ExpertInfo("evil.0.0", "x:1"),
+                1: ExpertInfo("ffn.0.1", "a:1"),
+                5: ExpertInfo("ffn.0.5", "a:1"),
+            },
+            "ffn.1": {0: ExpertInfo("ffn.1.0", "b:1")},
+        }
+    )
+    (chosen,) = search.result()
+    assert [e.uid for e in chosen] == ["ffn.0.1", "ffn.1.0"]
+    assert [e.endpoint for e in chosen] == ["a:1", "b:1"]

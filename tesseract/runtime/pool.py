@@ -41,9 +41,12 @@ class TaskPool:
     def __len__(self) -> int:
         return len(self.tasks)
 
-    def submit(self, task: Task) -> None:
+    def check(self, task: Task) -> None:
         if task.rows > self.max_batch_size:
             raise ValueError(f"a request of {task.rows} rows exceeds max_batch_size {self.max_batch_size}")
+
+    def submit(self, task: Task) -> None:
+        self.check(task)
         self.tasks.append(task)
 
     def oldest_arrival(self) -> float | None:
