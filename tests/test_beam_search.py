@@ -112,7 +112,7 @@ def test_the_finder_makes_one_dht_round_per_dimension_and_caches_hits_and_misses
 
 
 def test_records_outside_the_grid_or_under_another_uid_are_never_chosen() -> None:
-    scores = [[[5.0, 0.0]], [[5.0, 0.0, 0.0]]]
+    scores = [[[5.0, 0.0]], [[5.0, 1.0, 0.0]]]  # ffn.0.1 scores 6, ffn.1.0 scores 5
     search = BeamSearch("ffn", scores, (2, 3), k_best=3)
     search.feed(
         {
