@@ -15,6 +15,7 @@ import torch
 import trio
 
 from tesseract.client.errors import ExpertError
+from tesseract.runtime.schema import all_finite
 
 
 class Job(NamedTuple):
@@ -50,9 +51,7 @@ async def call_many(
     async def run(index: int, job: Job) -> None:
         try:
             tensors = await call(index, job)
-            if detect_anomalies and not all(
-                bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()
-            ):
+            if detect_anomalies and not all(all_finite(t) for t in tensors):
                 raise ExpertError(
                     job.uid, job.endpoint, "answered with NaN or infinite values", ExpertError.BAD_ANSWER
                 )
