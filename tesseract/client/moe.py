@@ -22,17 +22,14 @@ from torch import nn
 from tesseract.client import calls
 from tesseract.client.beam_search import ChosenExpert
 from tesseract.client.errors import ExpertError, MixtureError
-from tesseract.client.parallel import Job, call_many
+from tesseract.client.expert import DUMMY
+from tesseract.client.parallel import Call, Job, call_many
 from tesseract.client.routing import ExpertFinder
 from tesseract.client.session import Client
 from tesseract.dht.experts import UID_DELIMITER, parse_prefix
 from tesseract.runtime.schema import TensorSchema
 
 logger = logging.getLogger(__name__)
-
-#: Passed to the autograd functions so that their backward runs (and the experts train) even when
-#: nothing before the layer needs a gradient.
-DUMMY = torch.empty(0, requires_grad=True)
 
 #: Failures that suggest the expert is gone, broken or far too slow: leave it out of routing a while.
 #: A refusal (a typed error reply) says nothing about the next call, so it is not held against it.
@@ -46,7 +43,8 @@ class RemoteMixtureOfExperts(nn.Module):
     wait for the other experts once every sample has them; ``backward_k_min``/``backward_timeout``:
     the same for backward. ``allow_zero_outputs``: a sample that gets too few answers goes on with
     what it got (zeros if nothing) instead of raising. ``detect_anomalies``: an expert that answers
-    NaN or inf counts as failed. ``failure_cooldown``: seconds a failed expert is left out of routing.
+    NaN or inf counts as failed. ``failure_cooldown``: seconds an expert that timed out, straggled,
+    could not be reached or answered nonsense is left out of routing (a refusal is not held against it).
     """
 
     def __init__(
@@ -176,15 +174,7 @@ class RemoteMixtureOfExperts(nn.Module):
                 self.client, job.uid, job.endpoint, [inputs[job.rows]], self.forward_timeout
             )
 
-        answers, failures = await call_many(
-            jobs,
-            call,
-            batch_size=len(inputs),
-            k_min=self.k_min,
-            timeout=self.forward_timeout,
-            timeout_after_k_min=self.timeout_after_k_min,
-            detect_anomalies=self.detect_anomalies,
-        )
+        answers, failures = await self._fan_out(jobs, call, len(inputs), self.k_min, self.forward_timeout)
         if self._output_schema is None and jobs:
             self._output_schema = self._learn_output_schema(jobs)
         schema = self._output_schema
@@ -235,17 +225,24 @@ class RemoteMixtureOfExperts(nn.Module):
                 self.client, job.uid, job.endpoint, [inputs[job.rows]], [grads[index]], self.backward_timeout
             )
 
-        answers, failures = await call_many(
-            jobs,
-            call,
-            batch_size=batch_size,
-            k_min=self.backward_k_min,
-            timeout=self.backward_timeout,
-            timeout_after_k_min=self.timeout_after_k_min,
-            detect_anomalies=self.detect_anomalies,
+        answers, failures = await self._fan_out(
+            jobs, call, batch_size, self.backward_k_min, self.backward_timeout
         )
         self._note("backward", jobs, failures)
         return answers, failures
+
+    async def _fan_out(
+        self, jobs: list[Job], call: Call, batch_size: int, k_min: int, timeout: float
+    ) -> tuple[dict[int, list[torch.Tensor]], dict[int, ExpertError]]:
+        return await call_many(
+            jobs,
+            call,
+            batch_size=batch_size,
+            k_min=k_min,
+            timeout=timeout,
+            timeout_after_k_min=self.timeout_after_k_min,
+            detect_anomalies=self.detect_anomalies,
+        )
 
     def _check_enough(
         self,
