@@ -100,3 +100,19 @@ def test_ctrl_c_stops_every_process_of_the_swarm(tmp_path: Path) -> None:
         host, port = address.rsplit(":", 1)
         with socket.socket() as probe:
             assert probe.connect_ex((host, int(port))) != 0, f"{address} still listens after Ctrl+C"
+
+
+def test_the_readme_example_runs_against_a_local_swarm() -> None:
+    import re
+
+    from tesseract.launch import LocalSwarm
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## A taste: a mixture of experts", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "127.0.0.1:31337" in code
+    with LocalSwarm(servers=2, grid=(4, 8), hidden_dim=64) as swarm:
+        scope: dict = {}
+        exec(compile(code.replace("127.0.0.1:31337", swarm.bootstrap.address), "README.md", "exec"), scope)
+        assert scope["loss"].grad_fn is not None
+        assert scope["moe"].stats["backward_calls"] > 0 and scope["moe"].stats["backward_failures"] == 0
