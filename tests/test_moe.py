@@ -142,3 +142,24 @@ def test_switch_mixture_routes_each_sample_to_one_expert_and_balances_the_grid(w
             assert switch.proj.weight.grad is not None and switch.proj.weight.grad.abs().sum() > 0
 
     world.run(main)
+
+
+def test_trio_code_gets_the_same_mixture_without_threads(world: World) -> None:
+    backends = {uid: make_backend(uid, "ffn", HIDDEN, seed=i) for i, uid in enumerate(grid_uids())}
+    twins = {uid: local_twin(backend) for uid, backend in backends.items()}
+
+    async def main(world: World) -> None:
+        boot = await start_bootstrap(world)
+        await start_expert_server(world, list(backends.values()), [boot.address])
+        async with Client.attach(await world.new_host(), [boot.address]) as client:
+            torch.manual_seed(5)
+            moe = RemoteMixtureOfExperts(
+                in_features=HIDDEN, grid_size=GRID, uid_prefix="ffn", client=client, k_best=3
+            )
+            x = torch.randn(6, HIDDEN)
+            out = await moe.forward_async(x)  # straight from a trio task: no compute, no bridge
+            with torch.no_grad():
+                expected = local_mixture(moe, twins, x, failed=set())
+            torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+    world.run(main)

@@ -104,11 +104,28 @@ class RemoteMixtureOfExperts(nn.Module):
         flat = self._flatten(x)
         logits = self.proj(flat).split(self.grid_size, dim=-1)
         outputs, alive, coordinates = self._call_experts(flat, logits)
+        return self._mix(self._gate_weights(logits, alive, coordinates), outputs, x.shape[:-1])
+
+    async def forward_async(self, x: torch.Tensor) -> torch.Tensor:
+        """The same mixture without autograd, for trio code (inference): ``await moe.forward_async(x)``."""
+        with torch.no_grad():
+            flat = self._flatten(x)
+            logits = self.proj(flat).split(self.grid_size, dim=-1)
+            self.last_routing = await self._route([part.to("cpu", torch.float64) for part in logits])
+            jobs, coordinates, present = self._plan(self.last_routing, len(flat))
+            outputs, answered, _ = await self._gather(jobs, flat)
+            alive = answered & present
+            return self._mix(self._gate_weights(logits, alive, coordinates), outputs, x.shape[:-1])
+
+    @staticmethod
+    def _gate_weights(
+        logits: Sequence[torch.Tensor], alive: torch.Tensor, coordinates: torch.Tensor
+    ) -> torch.Tensor:
+        """Softmax of the chosen experts' gate scores over those that answered (zeros where none did)."""
         gate = sum(part.gather(1, coordinates[:, :, d]) for d, part in enumerate(logits))
         any_alive = alive.any(dim=1, keepdim=True)
         gate = gate.masked_fill(~alive & any_alive, float("-inf")).masked_fill(~any_alive, 0.0)
-        weights = torch.softmax(gate, dim=1) * alive
-        return self._mix(weights, outputs, x.shape[:-1])
+        return torch.softmax(gate, dim=1) * alive
 
     def _flatten(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -189,6 +206,26 @@ class RemoteMixtureOfExperts(nn.Module):
                 )
         self._note("forward", jobs, failures)
         return answers, failures
+
+    async def _gather(
+        self, jobs: list[Job], inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[Job]]:
+        """Call the experts: their outputs laid out ``[batch, k_best, ...]``, which slots answered,
+        and the jobs that did."""
+        answers, failures = await self._forward_all(jobs, inputs)
+        self._check_enough("forward", self.k_min, jobs, answers, failures, len(inputs))
+        schema = self._output_schema
+        if schema is None:
+            raise MixtureError(
+                f"no expert under {self.uid_prefix!r} answered, so the output shape is unknown"
+            )
+        outputs = torch.zeros(len(inputs), self.k_best, *schema.shape, dtype=schema.torch_dtype)
+        answered = torch.zeros(len(inputs), self.k_best, dtype=torch.bool)
+        for index, tensors in answers.items():
+            job = jobs[index]
+            outputs[job.rows, job.slots] = tensors[0]
+            answered[job.rows, job.slots] = True
+        return outputs, answered, [jobs[index] for index in sorted(answers)]
 
     def _learn_output_schema(self, jobs: list[Job]) -> TensorSchema | None:
         for job in jobs:
@@ -282,21 +319,10 @@ class _MixtureCall(torch.autograd.Function):
     def forward(
         ctx: Any, moe: RemoteMixtureOfExperts, jobs: list[Job], dummy: torch.Tensor, inputs: torch.Tensor
     ):
-        batch_size = len(inputs)
         detached = inputs.detach()
-        answers, failures = moe.client.run(moe._forward_all, jobs, detached)
-        moe._check_enough("forward", moe.k_min, jobs, answers, failures, batch_size)
-        schema = moe._output_schema
-        if schema is None:
-            raise MixtureError(f"no expert under {moe.uid_prefix!r} answered, so the output shape is unknown")
-        outputs = torch.zeros(batch_size, moe.k_best, *schema.shape, dtype=schema.torch_dtype)
-        answered = torch.zeros(batch_size, moe.k_best, dtype=torch.bool)
-        for index, tensors in answers.items():
-            job = jobs[index]
-            outputs[job.rows, job.slots] = tensors[0]
-            answered[job.rows, job.slots] = True
+        outputs, answered, answered_jobs = moe.client.run(moe._gather, jobs, detached)
         ctx.moe = moe
-        ctx.jobs = [jobs[index] for index in sorted(answers)]
+        ctx.jobs = answered_jobs
         ctx.save_for_backward(detached)
         ctx.mark_non_differentiable(answered)
         return outputs, answered
