@@ -25,11 +25,9 @@ class ExpertFinder:
         self.cache_ttl = cache_ttl
         self._cache: dict[str, tuple[float, Successors]] = {}
         self.rounds = 0  # DHT rounds made (cache misses), for tests and benchmarks
-        self.lookups = 0  # prefixes asked for, cached or not
 
     async def successors(self, prefixes: Sequence[str]) -> dict[str, Successors]:
         now = trio.current_time()
-        self.lookups += len(prefixes)
         answer: dict[str, Successors] = {}
         missing = []
         for prefix in prefixes:

@@ -48,7 +48,7 @@ class Client:
         self.dht_config = dht_config
         self.seed = seed
         self.expert_infos: dict[tuple[str, str], wire.InfoResponse] = {}
-        #: Counts of failed expert calls by kind (timeouts, remote_errors, unreachable, bad_answers).
+        #: Expert calls that failed on the network, by kind: timeouts, refused (a typed error), unreachable.
         self.stats: Counter[str] = Counter()
         self._loop: Any = None
 
