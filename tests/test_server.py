@@ -71,16 +71,20 @@ def test_many_clients_get_their_own_rows_and_steps_replay_exactly(world: World) 
         expected_outputs = {rows: reference.forward([x]) for rows, (x, _) in data.items()}
         results: dict[int, torch.Tensor] = {}
 
-        async def one_client(rows: int, client: RPCClient) -> None:
-            x, g = data[rows]
-            (results[rows],) = await forward(client, server.address, backend.uid, [x])
-            await backward(client, server.address, backend.uid, [x], [g])
+        async def client_forward(rows: int, client: RPCClient) -> None:
+            (results[rows],) = await forward(client, server.address, backend.uid, [data[rows][0]])
+
+        async def client_backward(rows: int, client: RPCClient) -> None:
+            await backward(client, server.address, backend.uid, [data[rows][0]], [data[rows][1]])
 
         async with AsyncExitStack() as stack:
             clients = [await stack.enter_async_context(RPCClient(await world.new_host())) for _ in range(6)]
-            async with trio.open_nursery() as nursery:
-                for rows, client in enumerate(clients, start=1):
-                    nursery.start_soon(one_client, rows, client)
+            # Every forward before any backward: a backward's optimizer step changes what later
+            # forwards compute, and the expected outputs here are those of the initial weights.
+            for phase in (client_forward, client_backward):
+                async with trio.open_nursery() as nursery:
+                    for rows, client in enumerate(clients, start=1):
+                        nursery.start_soon(phase, rows, client)
         for rows, output in results.items():
             assert output.shape == (rows, 16)
             assert torch.allclose(output, expected_outputs[rows][0], atol=1e-5)  # its own rows, unmixed

@@ -39,6 +39,7 @@ class TCPStream(Stream):
     def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
         self._socket = stream.socket
+        self._fileno = stream.socket.fileno()
         try:
             name = self._socket.getpeername()
             self._peer = format_address(name[0], name[1])
@@ -50,7 +51,18 @@ class TCPStream(Stream):
         return self._peer
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
+        # Write what the kernel takes at once ourselves: trio's send_all makes every send, even one
+        # that completes at once, a pass of the scheduler, which is ~10% of a small RPC's round trip.
+        # Callers hold the stream's send lock, so writes never interleave. Anything left waits in trio.
+        view = memoryview(data).cast("B")
+        try:
+            sent = os.write(self._fileno, view) if view else 0
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"send failed: {exc}") from exc
+        if sent < len(view):
+            await self._stream.send_all(view[sent:])
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
@@ -172,8 +184,9 @@ class RealHost(Host):
 
     async def compute(self, fn: Callable[..., T], *args: Any, flops: float = 0.0) -> T:
         if 0 < flops < self.inline_flops and not self._compute_limiter.borrowed_tokens:
-            await trio.lowlevel.checkpoint()
-            return fn(*args)  # tiny: not worth a thread hop (and the device is idle, so order holds)
+            # Small: not worth a thread hop (and the device is idle, so order holds). No checkpoint
+            # either: each one costs a pass of the scheduler, and the caller's next await yields.
+            return fn(*args)
         return await trio.to_thread.run_sync(fn, *args, limiter=self._compute_limiter)
 
     def wall_time(self) -> float:

@@ -75,11 +75,11 @@ class Runtime:
         else:
             pool.submit(task)
             self._wakeup.set()
-        try:
-            await task.event.wait()
-        except BaseException:
-            task.cancelled = True  # its deadline passed, or the client left: not worth computing
-            raise
+            try:
+                await task.event.wait()
+            except BaseException:
+                task.cancelled = True  # its deadline passed, or the client left: not worth computing
+                raise
         if task.error is not None:
             raise task.error
         assert task.outputs is not None
