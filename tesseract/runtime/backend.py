@@ -109,15 +109,20 @@ class ExpertBackend:
             torch.isfinite(torch.stack([torch.linalg.vector_norm(g) for g in gradients])).all()
         ):
             self.skipped_steps += 1
-            self.optimizer.zero_grad(set_to_none=True)
+            self._clear_gradients()
             return
         if self.clip_grad_norm is not None and gradients:
             nn.utils.clip_grad_norm_(self.parameters, self.clip_grad_norm)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._clear_gradients()
         if self.scheduler is not None:
             self.scheduler.step()
         self.steps += 1
+
+    def _clear_gradients(self) -> None:
+        """``optimizer.zero_grad(set_to_none=True)`` for our parameters, without its hook machinery."""
+        for parameter in self.parameters:
+            parameter.grad = None
 
     def flops(self, kind: str, batch_size: int) -> float:
         """A rough cost for the simulator: 2 flops per parameter per sample forward, 3x that backward."""
