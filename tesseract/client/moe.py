@@ -186,9 +186,11 @@ class RemoteMixtureOfExperts(nn.Module):
     async def _forward_all(
         self, jobs: list[Job], inputs: torch.Tensor
     ) -> tuple[dict[int, list[torch.Tensor]], dict[int, ExpertError]]:
+        pieces = _rows_of(inputs, jobs)
+
         async def call(index: int, job: Job) -> list[torch.Tensor]:
             return await calls.expert_forward(
-                self.client, job.uid, job.endpoint, [inputs[job.rows]], self.forward_timeout
+                self.client, job.uid, job.endpoint, [pieces[index]], self.forward_timeout
             )
 
         answers, failures = await self._fan_out(jobs, call, len(inputs), self.k_min, self.forward_timeout)
@@ -257,9 +259,11 @@ class RemoteMixtureOfExperts(nn.Module):
     async def _backward_all(
         self, jobs: list[Job], inputs: torch.Tensor, grads: list[torch.Tensor], batch_size: int
     ) -> tuple[dict[int, list[torch.Tensor]], dict[int, ExpertError]]:
+        pieces = _rows_of(inputs, jobs)
+
         async def call(index: int, job: Job) -> list[torch.Tensor]:
             return await calls.expert_backward(
-                self.client, job.uid, job.endpoint, [inputs[job.rows]], [grads[index]], self.backward_timeout
+                self.client, job.uid, job.endpoint, [pieces[index]], [grads[index]], self.backward_timeout
             )
 
         answers, failures = await self._fan_out(
@@ -312,6 +316,14 @@ class RemoteMixtureOfExperts(nn.Module):
         )
 
 
+def _rows_of(inputs: torch.Tensor, jobs: list[Job]) -> tuple[torch.Tensor, ...]:
+    """Each job's rows of ``inputs``, gathered at once: one index per job costs ~50 us each."""
+    if not jobs:
+        return ()
+    gathered = inputs.index_select(0, torch.cat([job.rows for job in jobs]))
+    return gathered.split([len(job.rows) for job in jobs])
+
+
 class _MixtureCall(torch.autograd.Function):
     """Experts' outputs ``[batch, k_best, *output]`` and which slots answered ``[batch, k_best]``."""
 
@@ -334,7 +346,8 @@ class _MixtureCall(torch.autograd.Function):
         jobs: list[Job] = ctx.jobs
         grad_inputs = torch.zeros_like(inputs)
         if jobs:  # always: the experts learn from their backward calls, whether or not x needs a gradient
-            grads = [grad_outputs[job.rows, job.slots].contiguous() for job in jobs]
+            rows, slots = torch.cat([job.rows for job in jobs]), torch.cat([job.slots for job in jobs])
+            grads = grad_outputs[rows, slots].split([len(job.rows) for job in jobs])
             answers, failures = moe.client.run(moe._backward_all, jobs, inputs, grads, len(inputs))
             moe._check_enough("backward", moe.backward_k_min, jobs, answers, failures, len(inputs))
             for index, tensors in answers.items():
