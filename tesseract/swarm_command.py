@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tesseract.train.options import add_mixture_arguments
+    from tesseract.train.options import add_mixture_arguments, add_training_arguments
 
     parser.add_argument("--local", action="store_true", help="run every process on this machine (required)")
     parser.add_argument("--servers", type=int, default=4, help="expert server processes")
@@ -26,44 +26,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fault-rate", type=float, default=0.0, help="share of expert calls the servers fail"
     )
     parser.add_argument("--update-period", type=float, default=10.0, help="servers' DHT announcement period")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--log-file", type=Path, default=None, help="servers' output (default: discarded)")
     parser.add_argument("--json", type=Path, default=None, help="write the run's summary here")
     add_mixture_arguments(parser)
+    add_training_arguments(parser)
 
 
 def trainer_arguments(options: argparse.Namespace, summary: Path) -> list[str]:
-    arguments = [
-        "--uid-prefix", options.uid_prefix,
-        "--grid", *map(str, options.grid),
-        "--hidden-dim", str(options.hidden_dim),
-        "--k-best", str(options.k_best),
-        "--k-min", str(options.k_min),
-        "--backward-k-min", str(options.backward_k_min),
-        "--forward-timeout", str(options.forward_timeout),
-        "--timeout-after-k-min", str(options.timeout_after_k_min),
-        "--backward-timeout", str(options.backward_timeout),
-        "--dataset", options.dataset,
-        "--epochs", str(options.epochs),
-        "--batch-size", str(options.batch_size),
-        "--learning-rate", str(options.learning_rate),
-        "--seed", str(options.seed),
-        "--log-every", str(options.log_every),
-        "--json", str(summary),
-    ]  # fmt: skip
-    if options.max_steps is not None:
-        arguments += ["--max-steps", str(options.max_steps)]
-    if options.allow_zero_outputs:
-        arguments.append("--allow-zero-outputs")
-    if options.detect_anomalies:
-        arguments.append("--detect-anomalies")
-    return arguments
+    """The trainer's command line: this swarm's mixture and training settings, handed on."""
+    from tesseract.train.options import add_mixture_arguments, add_training_arguments, as_command_line
+
+    same_settings = argparse.ArgumentParser(add_help=False)
+    actions = [*add_mixture_arguments(same_settings), *add_training_arguments(same_settings)]
+    return [*as_command_line(actions, options), "--json", str(summary)]
 
 
 def settings_problem(options: argparse.Namespace) -> str | None:

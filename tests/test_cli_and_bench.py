@@ -134,3 +134,25 @@ def test_train_and_swarm_commands_explain_themselves() -> None:
         assert result.returncode == 0 and "--" in result.stdout, command
     result = run("-m", "tesseract", "train", "--initial-peers", "127.0.0.1:9", "--dataset", "nope")
     assert result.returncode == 2 and "unknown data set" in result.stderr
+
+
+def test_the_swarm_hands_its_settings_on_to_the_trainer_unchanged() -> None:
+    from tesseract import cli, swarm_command
+
+    parser = cli.build_parser()
+    given = ["--grid", "2", "3", "--k-best", "3", "--allow-zero-outputs", "--max-steps", "7", "--seed", "4"]
+    swarm = parser.parse_args(["swarm", "--local", *given])
+    handed_on = swarm_command.trainer_arguments(swarm, Path("summary.json"))
+    train = parser.parse_args(["train", "--initial-peers", "127.0.0.1:1", *handed_on])
+    shared = set(vars(train)) & set(vars(swarm)) - {"command", "json"}
+    assert {
+        "grid",
+        "k_best",
+        "allow_zero_outputs",
+        "max_steps",
+        "seed",
+        "dataset",
+        "detect_anomalies",
+    } <= shared
+    assert {name: getattr(train, name) for name in shared} == {name: getattr(swarm, name) for name in shared}
+    assert train.json == Path("summary.json")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import torch
 
 from tesseract.client import Client
@@ -16,6 +19,21 @@ GRID = (2, 3)
 
 def grid_uids() -> list[str]:
     return [f"ffn.{i}.{j}" for i in range(GRID[0]) for j in range(GRID[1])]
+
+
+def grid_backends() -> tuple[dict, dict]:
+    """A backend per expert of the grid, and an untouched twin of each to compute expectations."""
+    backends = {uid: make_backend(uid, "ffn", HIDDEN, seed=i) for i, uid in enumerate(grid_uids())}
+    return backends, {uid: local_twin(backend) for uid, backend in backends.items()}
+
+
+@asynccontextmanager
+async def client_of_one_server(world: World, backends: dict) -> AsyncIterator[Client]:
+    """A bootstrap node, one server holding ``backends``, and a client that joined through it."""
+    boot = await start_bootstrap(world)
+    await start_expert_server(world, list(backends.values()), [boot.address])
+    async with Client.attach(await world.new_host(), [boot.address]) as client:
+        yield client
 
 
 def local_mixture(
@@ -34,8 +52,7 @@ def local_mixture(
 
 
 def run_mixture_check(world: World, failed_server: bool) -> None:
-    backends = {uid: make_backend(uid, "ffn", HIDDEN, seed=i) for i, uid in enumerate(grid_uids())}
-    twins = {uid: local_twin(backend) for uid, backend in backends.items()}
+    backends, twins = grid_backends()
     uids = grid_uids()
     # Two healthy servers; a third holds ffn.1.* and dies after announcing them, when asked to.
     groups = [uids[:3], uids[3:4], uids[4:]]
@@ -94,13 +111,10 @@ def test_mixture_masks_out_experts_whose_server_died(world: World) -> None:
 def test_switch_mixture_routes_each_sample_to_one_expert_and_balances_the_grid(world: World) -> None:
     from tesseract.client import RemoteSwitchMixtureOfExperts
 
-    backends = {uid: make_backend(uid, "ffn", HIDDEN, seed=i) for i, uid in enumerate(grid_uids())}
-    twins = {uid: local_twin(backend) for uid, backend in backends.items()}
+    backends, twins = grid_backends()
 
     async def main(world: World) -> None:
-        boot = await start_bootstrap(world)
-        await start_expert_server(world, list(backends.values()), [boot.address])
-        async with Client.attach(await world.new_host(), [boot.address]) as client:
+        async with client_of_one_server(world, backends) as client:
             torch.manual_seed(3)
             switch = RemoteSwitchMixtureOfExperts(
                 in_features=HIDDEN, grid_size=GRID, uid_prefix="ffn", client=client, jitter=0.1
@@ -145,13 +159,10 @@ def test_switch_mixture_routes_each_sample_to_one_expert_and_balances_the_grid(w
 
 
 def test_trio_code_gets_the_same_mixture_without_threads(world: World) -> None:
-    backends = {uid: make_backend(uid, "ffn", HIDDEN, seed=i) for i, uid in enumerate(grid_uids())}
-    twins = {uid: local_twin(backend) for uid, backend in backends.items()}
+    backends, twins = grid_backends()
 
     async def main(world: World) -> None:
-        boot = await start_bootstrap(world)
-        await start_expert_server(world, list(backends.values()), [boot.address])
-        async with Client.attach(await world.new_host(), [boot.address]) as client:
+        async with client_of_one_server(world, backends) as client:
             torch.manual_seed(5)
             moe = RemoteMixtureOfExperts(
                 in_features=HIDDEN, grid_size=GRID, uid_prefix="ffn", client=client, k_best=3
