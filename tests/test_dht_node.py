@@ -182,3 +182,30 @@ def test_grid_size_filters_out_of_grid_successors() -> None:
         assert set(successors["ffn.3"]) == {2}
 
     SimWorld(seed=1).run(main)
+
+
+def test_a_client_mode_node_asks_but_is_never_asked_or_routed_to(world: World) -> None:
+    async def main(world: World) -> None:
+        nodes = await start_swarm(world, 6)
+        host = await world.new_host()
+        async with DHTNode.start(host, [nodes[0].address], config=DHTConfig(client_mode=True)) as client:
+            assert await client.store("from-a-client", {"n": 1}, host.wall_time() + 600)
+            assert (await nodes[3].get("from-a-client", use_local=False)).value == {"n": 1}
+            await nodes[2].store("from-a-server", 7, host.wall_time() + 600)
+            assert (await client.get("from-a-server")).value == 7
+            assert len(client.storage) == 0  # it holds nothing, so leaving loses nothing
+            assert len(client.routing) > 0  # it knows the swarm ...
+            for node in nodes:  # ... and the swarm does not know it
+                assert client.node_id not in {
+                    peer.node_id for peer in node.routing.nearest(client.node_id, 100)
+                }
+            probe = DatagramRPC(await world.new_host(), Router())
+            world.start(probe.host, probe.serve)
+            with pytest.raises(RemoteError, match="unknown_method"):
+                ping = wire.PingRequest(id_to_bytes(1), host.wall_time())
+                await probe.call(client.address, "dht.ping", ping, wire.PingResponse, timeout=2)
+        bad = wire.PingRequest(b"\x01" * 7, nodes[0].host.wall_time())
+        with pytest.raises(RemoteError, match="sender id has 20 bytes, not 7"):
+            await probe.call(nodes[0].address, "dht.ping", bad, wire.PingResponse, timeout=2)
+
+    world.run(main)

@@ -45,7 +45,9 @@ class Client:
         """Configure a client to open with ``with``; it joins the DHT through ``initial_peers``."""
         self.initial_peers = list(initial_peers)
         self.listen = listen
-        self.dht_config = dht_config
+        #: A trainer's DHT node is a client by default: it asks, holds nothing, and nobody routes to
+        #: it, so trainers that come and go (or sit behind NAT) leave no holes in routing tables.
+        self.dht_config = dht_config if dht_config is not None else DHTConfig(client_mode=True)
         self.seed = seed
         self.expert_infos: dict[tuple[str, str], wire.InfoResponse] = {}
         #: Expert calls that failed on the network, by kind: timeouts, refused (a typed error), unreachable.

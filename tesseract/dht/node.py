@@ -82,6 +82,9 @@ class DHTConfig:
     max_record_bytes: int = 256 * 1024 * 1024
     max_value_size: int = 4_096
     cache_found_values: bool = True
+    #: A node that only asks: it serves no requests, holds no records, and tells every peer so (an
+    #: empty sender id), so it never enters a routing table. For trainers, which come and go.
+    client_mode: bool = False
 
 
 _encode = msgspec.msgpack.encode
@@ -96,6 +99,7 @@ class DHTNode:
         self.config = config or DHTConfig()
         self.node_id = node_id if node_id is not None else random_id(host.random)
         self._raw_id = id_to_bytes(self.node_id)
+        self._sender_id = b"" if self.config.client_mode else self._raw_id  # what our requests say
         self.routing = RoutingTable(self.node_id, k=self.config.k)
         self.storage = RecordStore(
             max_entries=self.config.max_records,
@@ -103,9 +107,10 @@ class DHTNode:
             max_value_size=self.config.max_value_size + 256,
         )
         router = Router()
-        router.add("dht.ping", wire.PingRequest, self._on_ping)
-        router.add("dht.store", wire.StoreRequest, self._on_store)
-        router.add("dht.find", wire.FindRequest, self._on_find)
+        if not self.config.client_mode:  # a client answers nothing: unknown_method to all
+            router.add("dht.ping", wire.PingRequest, self._on_ping)
+            router.add("dht.store", wire.StoreRequest, self._on_store)
+            router.add("dht.find", wire.FindRequest, self._on_find)
         self.rpc = DatagramRPC(host, router)
         self.stats: Counter[str] = Counter()
         self._blacklist: dict[str, tuple[float, float]] = {}  # address -> (until, last backoff)
@@ -237,7 +242,7 @@ class DHTNode:
 
     async def ping(self, address: str) -> bool:
         response = await self._call(
-            address, "dht.ping", wire.PingRequest(self._raw_id, self.host.wall_time()), wire.PingResponse
+            address, "dht.ping", wire.PingRequest(self._sender_id, self.host.wall_time()), wire.PingResponse
         )
         return response is not None
 
@@ -287,7 +292,10 @@ class DHTNode:
     async def _query(self, peer: Peer, group: list[Lookup], launch) -> None:
         want_values = any(lookup.want_value for lookup in group)
         request = wire.FindRequest(
-            self._raw_id, self.host.wall_time(), [id_to_bytes(lookup.target) for lookup in group], want_values
+            self._sender_id,
+            self.host.wall_time(),
+            [id_to_bytes(lookup.target) for lookup in group],
+            want_values,
         )
         response = await self._call(
             peer.address, "dht.find", request, wire.FindResponse, expected_id=peer.node_id
@@ -304,7 +312,7 @@ class DHTNode:
                 lookup.on_response(peer.node_id, self._peers_from(result.nodes), _record_from(result.record))
             for lookup in retry_alone:
                 request = wire.FindRequest(
-                    self._raw_id, self.host.wall_time(), [id_to_bytes(lookup.target)], True
+                    self._sender_id, self.host.wall_time(), [id_to_bytes(lookup.target)], True
                 )
                 single = await self._call(peer.address, "dht.find", request, wire.FindResponse)
                 if single is None or len(single.results) != 1:
@@ -355,7 +363,8 @@ class DHTNode:
             target = id_from_bytes(item.key)
             replicas = lookups[target].closest(self.config.num_replicas)
             farthest = replicas[-1].node_id ^ target if len(replicas) == self.config.num_replicas else None
-            if not exclude_self and (farthest is None or self.node_id ^ target < farthest):
+            here = not exclude_self and not self.config.client_mode
+            if here and (farthest is None or self.node_id ^ target < farthest):
                 result = self.storage.store(target, item.value, item.expiration, now, item.subkey)
                 accepted[index] = result.accepted or accepted[index]
                 if result.accepted:
@@ -366,7 +375,7 @@ class DHTNode:
         async def send(peer: Peer, indices: list[int]) -> None:
             for start in range(0, len(indices), wire.MAX_ITEMS_PER_STORE):
                 chunk = indices[start : start + wire.MAX_ITEMS_PER_STORE]
-                request = wire.StoreRequest(self._raw_id, self.host.wall_time(), [items[i] for i in chunk])
+                request = wire.StoreRequest(self._sender_id, self.host.wall_time(), [items[i] for i in chunk])
                 response = await self._call(
                     peer.address, "dht.store", request, wire.StoreResponse, expected_id=peer.node_id
                 )
@@ -393,7 +402,7 @@ class DHTNode:
         peer = min(lookup.lacking, key=lambda p: p.node_id ^ target)
         items = _items_from_record(target, lookup.record)[: wire.MAX_ITEMS_PER_STORE]
         if items:
-            request = wire.StoreRequest(self._raw_id, self.host.wall_time(), items)
+            request = wire.StoreRequest(self._sender_id, self.host.wall_time(), items)
             self._nursery.start_soon(self._call, peer.address, "dht.store", request, wire.StoreResponse)
 
     # ----- calls -------------------------------------------------------------------------------
@@ -462,20 +471,29 @@ class DHTNode:
 
     async def _ping_oldest(self, peer: Peer) -> None:
         response = await self._call(
-            peer.address, "dht.ping", wire.PingRequest(self._raw_id, self.host.wall_time()), wire.PingResponse
+            peer.address,
+            "dht.ping",
+            wire.PingRequest(self._sender_id, self.host.wall_time()),
+            wire.PingResponse,
         )
         alive = response is not None and id_from_bytes(response.responder) == peer.node_id
         self.routing.ping_result(peer.node_id, alive, trio.current_time())
 
     # ----- handlers ----------------------------------------------------------------------------
 
-    def _accept_sender(self, sender: bytes, sent_at: float, address: str) -> NodeID:
+    def _accept_sender(self, sender: bytes, sent_at: float, address: str) -> NodeID | None:
         skew = sent_at - self.host.wall_time()
         if not math.isfinite(skew) or abs(skew) > self.config.max_clock_skew:
             self.stats["clock_skew"] += 1
             raise RemoteError(
                 ErrorCode.CLOCK_SKEW.value,
                 f"your clock is {skew:+.1f}s off ours (limit {self.config.max_clock_skew}s): ignored",
+            )
+        if not sender:
+            return None  # a client-mode node: answer it, but never route to it
+        if len(sender) != len(self._raw_id):
+            raise RemoteError(
+                ErrorCode.BAD_REQUEST.value, f"a sender id has {len(self._raw_id)} bytes, not {len(sender)}"
             )
         node_id = id_from_bytes(sender)
         self._observe(node_id, address)

@@ -14,6 +14,9 @@ import msgspec
 from tesseract.dht.ids import ID_BYTES
 
 RawID = Annotated[bytes, msgspec.Meta(min_length=ID_BYTES, max_length=ID_BYTES)]
+#: A requester's id, or empty for a client-mode node (a trainer): it asks, it is never asked, and
+#: nobody puts it in a routing table. Any other length is rejected by the handler.
+SenderID = Annotated[bytes, msgspec.Meta(max_length=ID_BYTES)]
 AddressText = Annotated[str, msgspec.Meta(min_length=3, max_length=128)]
 SubKeyBytes = Annotated[bytes, msgspec.Meta(max_length=256)]
 ValueBytes = Annotated[bytes, msgspec.Meta(max_length=16_384)]
@@ -30,7 +33,7 @@ class NodeRef(msgspec.Struct, array_like=True):
 
 
 class PingRequest(msgspec.Struct, tag="dht.ping", array_like=True):
-    sender: RawID
+    sender: SenderID
     time: float
 
 
@@ -47,7 +50,7 @@ class StoreItem(msgspec.Struct, array_like=True):
 
 
 class StoreRequest(msgspec.Struct, tag="dht.store", array_like=True):
-    sender: RawID
+    sender: SenderID
     time: float
     items: Annotated[list[StoreItem], msgspec.Meta(max_length=MAX_ITEMS_PER_STORE)]
 
@@ -60,7 +63,7 @@ class StoreResponse(msgspec.Struct, tag="dht.stored", array_like=True):
 
 
 class FindRequest(msgspec.Struct, tag="dht.find", array_like=True):
-    sender: RawID
+    sender: SenderID
     time: float
     keys: Annotated[list[RawID], msgspec.Meta(min_length=1, max_length=MAX_KEYS_PER_FIND)]
     want_values: bool
