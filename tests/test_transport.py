@@ -43,6 +43,26 @@ def test_stream_echo_small_and_large(world: World) -> None:
     world.run(main)
 
 
+def test_sending_on_a_closed_stream_is_a_clear_error_never_a_write_elsewhere(world: World) -> None:
+    """A closed stream's descriptor may be reused by the next connection: a late send must fail."""
+
+    async def main(world: World) -> None:
+        server = await world.new_host()
+        world.start(server, server.transport.serve_streams, echo_handler)
+        await trio.sleep(0.05)
+        client = await world.new_host()
+        old = await client.transport.open_stream(server.address)
+        await old.aclose()
+        new = await client.transport.open_stream(server.address)  # may take the old number
+        with pytest.raises(trio.ClosedResourceError):
+            await old.send_all(b"late")
+        await new.send_all(b"fresh")
+        assert await receive_exactly(new, 5) == b"fresh"
+        await new.aclose()
+
+    world.run(main)
+
+
 def test_receive_into_fills_a_caller_buffer(world: World) -> None:
     async def main(world: World) -> None:
         server = await world.new_host()

@@ -39,7 +39,6 @@ class TCPStream(Stream):
     def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
         self._socket = stream.socket
-        self._fileno = stream.socket.fileno()
         try:
             name = self._socket.getpeername()
             self._peer = format_address(name[0], name[1])
@@ -55,8 +54,11 @@ class TCPStream(Stream):
         # that completes at once, a pass of the scheduler, which is ~10% of a small RPC's round trip.
         # Callers hold the stream's send lock, so writes never interleave. Anything left waits in trio.
         view = memoryview(data).cast("B")
+        fileno = self._socket.fileno()  # -1 once closed; never a cached number another socket reuses
+        if fileno < 0:
+            raise trio.ClosedResourceError("this stream is closed")
         try:
-            sent = os.write(self._fileno, view) if view else 0
+            sent = os.write(fileno, view) if view else 0
         except BlockingIOError:
             sent = 0
         except OSError as exc:
