@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a mixture-of-experts classifier through the swarm")
     train_options.add_arguments(train)
     bench = commands.add_parser("bench", help="run a benchmark from benchmarks/ (in a source checkout)")
-    bench.add_argument("name", choices=["net", "dht", "throughput"], help="which benchmark")
+    bench.add_argument("name", choices=["net", "dht", "throughput", "moe"], help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     return parser
 
