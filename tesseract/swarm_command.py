@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -71,9 +72,7 @@ def run(options: argparse.Namespace) -> int:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tesseract-swarm-")))
         log = stack.enter_context(open(options.log_file, "a")) if options.log_file else None
-        experts = 1
-        for size in options.grid:
-            experts *= size
+        experts = math.prod(options.grid)
         print(
             f"local swarm: 1 DHT node, {options.servers} servers with {experts} {options.expert_cls} experts "
             f"(grid {'x'.join(map(str, options.grid))}, hidden {options.hidden_dim}), 1 trainer",

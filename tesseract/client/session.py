@@ -4,7 +4,7 @@ Two ways in, one object:
 
 - Plain synchronous torch code: ``with tesseract.Client(initial_peers=[...]) as client:``. The client
   runs its own trio loop in a background thread; ``RemoteExpert`` and the mixture layers reach it
-  through ``client.bridge``.
+  through ``client.run`` (the host's ``bridge``).
 - trio code, and the simulator: ``async with Client.attach(host, initial_peers) as client:``. Torch
   code then runs inside ``await client.host.compute(step)``, where the same ``bridge`` hands the
   network calls back to the loop (in the simulator, in turn with it, so runs stay deterministic).
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import trio
 
 from tesseract.dht.node import DHTConfig, DHTNode
-from tesseract.net.host import Bridge, Host
+from tesseract.net.host import Host
 from tesseract.net.rpc import RPCClient
 from tesseract.server import protocol as wire
 
@@ -108,10 +108,6 @@ class Client:
             yield
 
     # ----- from synchronous code ---------------------------------------------------------------
-
-    @property
-    def bridge(self) -> Bridge:
-        return self.host.bridge
 
     def run(self, async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``async_fn(*args)`` on the client's loop from synchronous code; return its result."""

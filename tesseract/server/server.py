@@ -49,7 +49,6 @@ class ExpertServer:
             raise ValueError(f"fault_rate must be within [0, 1], got {fault_rate}")
         self.fault_rate = fault_rate
         self.faulty_kinds = frozenset(faulty_kinds)
-        self.injected_faults = 0
         self.host = host
         self.backends = {backend.uid: backend for backend in backends}
         self.dht = dht
@@ -144,7 +143,6 @@ class ExpertServer:
 
     def _maybe_inject_fault(self, kind: str) -> None:
         if self.fault_rate and kind in self.faulty_kinds and self.host.random.random() < self.fault_rate:
-            self.injected_faults += 1
             raise RemoteError(ErrorCode.UNAVAILABLE.value, "injected fault (fault_rate)")
 
     async def _on_forward(self, request: wire.ForwardRequest, peer: str) -> wire.ForwardResponse:
