@@ -46,6 +46,7 @@ def test_remote_forward_and_backward_equal_local(
                 assert all(
                     torch.allclose(g, e, atol=1e-5) for g, e in zip(grad_inputs, expected_grads, strict=True)
                 )
+                await server.runtime.settle()  # the step lands after the reply
                 assert same_weights(backend, reference), f"weights diverged after step {step}"
         assert backend.steps == 3
 
@@ -94,6 +95,7 @@ def test_many_clients_get_their_own_rows_and_steps_replay_exactly(world: World) 
             reference.backward(
                 [torch.cat([data[r][0] for r in batch])], [torch.cat([data[r][1] for r in batch])]
             )
+        await server.runtime.settle()
         assert same_weights(backend, reference)
         if world.name == "sim":  # deterministic there: concurrent requests do share batches
             assert len(backward_batches) < 6
@@ -156,6 +158,7 @@ def test_bad_requests_get_typed_errors_and_leave_the_weights_alone(world: World)
             # Finite inputs whose gradients overflow: the step is skipped, weights untouched.
             huge = torch.full((2, 16), 3e38)
             await backward(client, address, uid, [good], [huge])
+            await server.runtime.settle()
             assert backend.skipped_steps == 1 and backend.steps == 0
             assert all(torch.equal(before[k], v) for k, v in backend.module.state_dict().items())
             # And every other request is still served.
@@ -164,3 +167,28 @@ def test_bad_requests_get_typed_errors_and_leave_the_weights_alone(world: World)
         assert server.errors["bad_request"] >= 9 and server.errors["not_found"] == 1
 
     world.run(main)
+
+
+def test_a_deferred_step_lands_before_anything_reads_the_expert(tmp_path) -> None:
+    """The runtime answers a backward before its optimizer step; the expert's next forward, next
+    backward and checkpoint must all see the stepped weights, exactly as if it had stepped at once."""
+    backend = make_backend("ffn.0", "ffn", 16)
+    twin = local_twin(backend)
+    generator = torch.Generator().manual_seed(3)
+    x, g = torch.randn(4, 16, generator=generator), torch.randn(4, 16, generator=generator)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(backend.compute_gradients([x], [g]), twin.backward([x], [g]), strict=True)
+    )
+    assert backend.step_pending and backend.steps == 0
+    assert torch.equal(backend.forward([x])[0], twin.forward([x])[0])  # stepped first
+    assert not backend.step_pending and backend.steps == 1
+
+    backend.compute_gradients([x], [g])
+    backend.compute_gradients([x], [g])  # the first one's step lands before the second's gradients
+    twin.backward([x], [g])
+    twin.backward([x], [g])
+    backend.save(tmp_path)  # the second one's step lands before the checkpoint
+    assert backend.steps == 3 and same_weights(backend, twin, atol=0)
+    restored = make_backend("ffn.0", "ffn", 16, seed=5)
+    assert restored.load(tmp_path) and restored.steps == 3 and same_weights(restored, twin, atol=0)

@@ -5,6 +5,11 @@ the gradients of the outputs, recomputes the forward with autograd, returns the 
 inputs, and applies an optimizer step: the expert learns, asynchronously, from every backward batch.
 A non-finite gradient never reaches the optimizer. These methods are synchronous and heavy: the
 runtime calls them through ``host.compute``.
+
+The runtime splits ``backward`` in two: ``compute_gradients`` answers the client, and the step it
+leaves pending (``apply_step``) runs after the reply is sent. Whatever comes next (a forward, the
+next backward, a checkpoint) applies a pending step first, so every batch sees exactly the weights
+it would have seen had the step run at once; only the client no longer waits for the optimizer.
 """
 
 from __future__ import annotations
@@ -63,17 +68,29 @@ class ExpertBackend:
         self.optimizer = optimizer(self.parameters)
         self.scheduler = scheduler(self.optimizer) if scheduler is not None else None
         self.steps = 0
+        self.step_pending = False  # parameter gradients wait for apply_step
         self.skipped_steps = 0  # backward batches whose gradients were not finite
         self.parameter_count = sum(p.numel() for p in self.module.parameters())
 
     # ----- compute (synchronous: run through host.compute) -------------------------------------
 
     def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        self.apply_step()
         with torch.no_grad():
             outputs = self._call(self._to_device(inputs))
         return [output.detach().cpu() for output in outputs]
 
     def backward(self, inputs: list[torch.Tensor], grad_outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The gradients of the inputs, after the optimizer step they lead to."""
+        grads = self.compute_gradients(inputs, grad_outputs)
+        self.apply_step()
+        return grads
+
+    def compute_gradients(
+        self, inputs: list[torch.Tensor], grad_outputs: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """The gradients of the inputs; the parameters' gradients wait for ``apply_step``."""
+        self.apply_step()  # never mix two batches' gradients
         inputs = [
             tensor.detach().requires_grad_(tensor.dtype.is_floating_point)
             for tensor in self._to_device(inputs)
@@ -88,8 +105,14 @@ class ExpertBackend:
             tensor.grad.detach().cpu() if tensor.grad is not None else torch.zeros_like(tensor, device="cpu")
             for tensor in inputs
         ]
-        self._step()
+        self.step_pending = True
         return grads
+
+    def apply_step(self) -> None:
+        """The optimizer step of the last ``compute_gradients``, if it has not been applied yet."""
+        if self.step_pending:
+            self.step_pending = False
+            self._step()
 
     def _call(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         outputs = self.module(*inputs)
@@ -129,9 +152,14 @@ class ExpertBackend:
         forward = 2.0 * self.parameter_count * batch_size
         return forward if kind == "forward" else 3.0 * forward
 
+    def step_flops(self) -> float:
+        """A rough cost of ``apply_step``: Adam does about a dozen flops per parameter."""
+        return 12.0 * self.parameter_count
+
     # ----- checkpoints -------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        self.apply_step()
         state = {
             "module": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -162,4 +190,6 @@ class ExpertBackend:
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
         self.steps = int(state["steps"])
+        self.step_pending = False
+        self._clear_gradients()
         return True

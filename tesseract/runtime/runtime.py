@@ -3,6 +3,8 @@
 ``submit`` is what a server's request handler awaits; ``run`` is the loop. Every batch goes through
 ``host.compute`` (a worker thread on a real host, virtual time in the simulator), so the event loop
 keeps serving the network while an expert computes, and new requests pile up into the next batch.
+A backward batch answers with the input gradients first; the loop applies the optimizer step once
+nothing else waits (or the expert's next batch applies it first), off the client's round trip.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class Runtime:
         #: Row counts of every batch run, per (uid, kind), in order: lets tests replay training exactly.
         self.batch_log: list[tuple[str, str, list[int]]] = []
         self.keep_batch_log = False
+        #: Backends whose last backward left an optimizer step to apply, in order.
+        self._unstepped: dict[str, ExpertBackend] = {}
         self._wakeup = trio.Event()
         #: Held while a batch computes: the loop's batches and the idle fast path take turns on it.
         self._device = trio.Lock()
@@ -70,7 +74,7 @@ class Runtime:
                 await self._run_batch(pool, [task])
             finally:
                 self._device.release()
-                if any(self.pools.values()):
+                if self._unstepped or any(self.pools.values()):
                     self._wakeup.set()
         else:
             pool.submit(task)
@@ -90,12 +94,35 @@ class Runtime:
         task_status.started()
         while True:
             pool = pick_pool(pools)
-            if pool is None:
+            if pool is not None:
+                async with self._device:
+                    await self._run_batch(pool, pool.take_batch())
+            elif self._unstepped:
+                async with self._device:
+                    await self._apply_steps()
+            else:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
-                continue
-            async with self._device:
-                await self._run_batch(pool, pool.take_batch())
+
+    async def settle(self) -> None:
+        """Wait for the device, then apply every pending optimizer step (to read the weights)."""
+        async with self._device:
+            await self._apply_steps()
+
+    async def _apply_steps(self) -> None:
+        backends = list(self._unstepped.values())
+        self._unstepped.clear()
+        if not backends:
+            return
+
+        def apply() -> None:
+            for backend in backends:
+                backend.apply_step()
+
+        try:
+            await self.host.compute(apply, flops=sum(backend.step_flops() for backend in backends))
+        except Exception:
+            logger.exception("optimizer steps of %s failed", [backend.uid for backend in backends])
 
     def _idle(self) -> bool:
         return not self._device.locked() and not any(self.pools.values())
@@ -118,8 +145,12 @@ class Runtime:
             else:
                 count = len(backend.schema.inputs)
                 outputs = await self.host.compute(
-                    backend.backward, columns[:count], columns[count:], flops=backend.flops(BACKWARD, total)
+                    backend.compute_gradients,
+                    columns[:count],
+                    columns[count:],
+                    flops=backend.flops(BACKWARD, total),
                 )
+                self._unstepped[backend.uid] = backend
         except Exception as exc:
             logger.exception("%s %s of %d rows failed", pool.uid, pool.kind, total)
             error = RemoteError(
