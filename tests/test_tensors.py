@@ -84,6 +84,15 @@ def test_gradients_and_graph_do_not_travel() -> None:
     assert not decoded.requires_grad and torch.equal(decoded, tensor.detach())
 
 
+def test_lazy_conjugate_and_negative_views_travel_as_their_values() -> None:
+    complex_values = torch.randn(3, dtype=torch.complex64)
+    conjugate = complex_values.conj()
+    negative = conjugate.imag  # a lazily negated view of the imaginary parts
+    assert conjugate.is_conj() and negative.is_neg()
+    decoded, _ = through_a_frame([conjugate, negative])
+    assert torch.equal(decoded[0], conjugate.resolve_conj()) and torch.equal(decoded[1], negative)
+
+
 @pytest.mark.parametrize(
     ("dtype", "shape", "nbytes", "match"),
     [

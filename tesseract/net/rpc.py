@@ -138,56 +138,66 @@ class RPCServer:
         await self.host.transport.serve_streams(self._serve_connection, task_status=task_status)
 
     async def _serve_connection(self, stream: Stream) -> None:
-        reader = FrameReader(stream, self.max_frame_size)
-        lock = trio.Lock()
-        inflight = [0]
         async with trio.open_nursery() as nursery:
-            try:
-                while (frame := await reader.receive_frame()) is not None:
-                    await self._dispatch(frame, stream, lock, inflight, nursery)
-            except ProtocolError as exc:
-                # Framing is lost: say why (best effort), then drop the connection.
-                code = (
-                    ErrorCode.FRAME_TOO_LARGE if isinstance(exc, FrameTooLarge) else ErrorCode.PROTOCOL_ERROR
-                )
-                self.stats[code.value] += 1
-                with trio.move_on_after(1.0):
-                    await self._reply(stream, lock, error_reply(0, code, str(exc)), None)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.stats["connection_reset"] += 1
-            # The client is gone: nobody can receive replies to its unfinished requests.
-            nursery.cancel_scope.cancel()
+            await self._serve_next_request(_ServedConnection(stream, self.max_frame_size, nursery))
 
-    async def _dispatch(
-        self, frame: Frame, stream: Stream, lock: trio.Lock, inflight: list[int], nursery
-    ) -> None:
+    async def _serve_next_request(self, connection: _ServedConnection) -> None:
+        """Read up to the next request, hand the reading on to a new task, then run it in this one.
+
+        Leader and follower: the request starts at once instead of a scheduler pass later, in a
+        task of its own, and the connection keeps reading while it runs (a handler may wait long,
+        for a batch to fill). At the end of the stream, every unfinished request is cancelled: the
+        client is gone, and nobody could receive their replies.
+        """
+        request = await self._next_request(connection)
+        if request is None:
+            connection.nursery.cancel_scope.cancel()
+            return
+        connection.inflight += 1
+        connection.nursery.start_soon(self._serve_next_request, connection)
+        try:
+            envelope, result = await self.router.handle(*request, connection.stream.peer)
+            await self._reply(connection.stream, connection.lock, envelope, result)
+        finally:
+            connection.inflight -= 1
+
+    async def _next_request(self, connection: _ServedConnection) -> tuple[Request, memoryview] | None:
+        """The next request to run, answering any bad frame before it; None once the stream ends."""
+        try:
+            while (frame := await connection.reader.receive_frame()) is not None:
+                request = await self._admit(frame, connection)
+                if request is not None:
+                    return request
+        except ProtocolError as exc:
+            # Framing is lost: say why (best effort), then drop the connection.
+            code = ErrorCode.FRAME_TOO_LARGE if isinstance(exc, FrameTooLarge) else ErrorCode.PROTOCOL_ERROR
+            self.stats[code.value] += 1
+            with trio.move_on_after(1.0):
+                await self._reply(connection.stream, connection.lock, error_reply(0, code, str(exc)), None)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.stats["connection_reset"] += 1
+        return None
+
+    async def _admit(self, frame: Frame, connection: _ServedConnection) -> tuple[Request, memoryview] | None:
+        """The frame's request and payload; or None, once a frame that is no request to run is answered."""
+        stream, lock = connection.stream, connection.lock
         try:
             envelope, payload = split_body(memoryview(frame.body), frame.envelope_size)
         except ProtocolError as exc:
             self.stats[ErrorCode.PROTOCOL_ERROR.value] += 1
             await self._reply(stream, lock, error_reply(0, ErrorCode.PROTOCOL_ERROR, str(exc)), None)
-            return
+            return None
         if not isinstance(envelope, Request):
             self.stats[ErrorCode.PROTOCOL_ERROR.value] += 1
             message = f"expected a request, got {type(envelope).__name__}"
             await self._reply(stream, lock, error_reply(envelope.id, ErrorCode.PROTOCOL_ERROR, message), None)
-            return
-        if inflight[0] >= self.max_inflight:
+            return None
+        if connection.inflight >= self.max_inflight:
             self.stats[ErrorCode.OVERLOADED.value] += 1
             message = f"more than {self.max_inflight} requests in flight on one connection"
             await self._reply(stream, lock, error_reply(envelope.id, ErrorCode.OVERLOADED, message), None)
-            return
-        inflight[0] += 1
-        nursery.start_soon(self._run_request, envelope, payload, stream, lock, inflight)
-
-    async def _run_request(
-        self, request: Request, payload: memoryview, stream: Stream, lock, inflight
-    ) -> None:
-        try:
-            envelope, result = await self.router.handle(request, payload, stream.peer)
-            await self._reply(stream, lock, envelope, result)
-        finally:
-            inflight[0] -= 1
+            return None
+        return envelope, payload
 
     async def _reply(self, stream: Stream, lock: trio.Lock, envelope: Any, payload: Any) -> None:
         frame = encode_reply(self.router, envelope, payload, encode_frame, max_frame_size=self.max_frame_size)
@@ -209,6 +219,19 @@ def encode_reply(router: Router, envelope: Any, payload: Any, encode: Callable[.
             envelope.id, ErrorCode.INTERNAL, f"the handler's reply cannot be encoded: {exc}"
         )
     return encode(error, None, **limit)
+
+
+class _ServedConnection:
+    """What the tasks serving one client connection share."""
+
+    __slots__ = ("inflight", "lock", "nursery", "reader", "stream")
+
+    def __init__(self, stream: Stream, max_frame_size: int, nursery: trio.Nursery) -> None:
+        self.stream = stream
+        self.reader = FrameReader(stream, max_frame_size)
+        self.lock = trio.Lock()  # replies from concurrent requests never interleave
+        self.nursery = nursery
+        self.inflight = 0
 
 
 class _Pending:
