@@ -237,14 +237,14 @@ class _ServedConnection:
 class _Pending:
     """One call waiting for its reply."""
 
-    __slots__ = ("call_id", "connection", "done", "envelope", "error", "frame")
+    __slots__ = ("call_id", "connection", "done", "envelope", "error", "payload")
 
     def __init__(self, call_id: int, connection: _Connection) -> None:
         self.call_id = call_id
         self.connection = connection
         self.done = trio.Event()
         self.envelope: Response | ErrorReply | None = None
-        self.frame: Frame | None = None
+        self.payload: memoryview | None = None  # the reply's payload bytes, still encoded
         self.error: Exception | None = None
 
 
@@ -319,14 +319,13 @@ class RPCClient:
             raise CallTimeout(f"{method} on {address} did not answer within {timeout:.3g}s")
         if pending.error is not None:
             raise pending.error
-        envelope, frame = pending.envelope, pending.frame
-        assert frame is not None
+        envelope, payload = pending.envelope, pending.payload
+        assert payload is not None
         if isinstance(envelope, ErrorReply):
             raise RemoteError(envelope.code, envelope.message, peer=address)
         try:
-            _, payload = split_body(memoryview(frame.body), frame.envelope_size)
             return decode_payload(response_type, payload)
-        except (msgspec.MsgspecError, ProtocolError) as exc:
+        except msgspec.MsgspecError as exc:
             raise ProtocolError(f"{method} on {address} sent a malformed reply: {exc}") from None
 
     async def _send_request(self, address: str, method: str, request: Any, deadline: float) -> _Pending:
@@ -401,7 +400,7 @@ class RPCClient:
             frame = await connection.reader.receive_frame()
             if frame is None:
                 return
-            envelope, _ = split_body(memoryview(frame.body), frame.envelope_size)
+            envelope, payload = split_body(memoryview(frame.body), frame.envelope_size)
             pending = connection.pending.pop(envelope.id, None)
             if pending is None:
                 if isinstance(envelope, ErrorReply) and envelope.id == 0:
@@ -411,7 +410,7 @@ class RPCClient:
                     self.stats["late_replies"] += 1  # the caller gave up (deadline, cancelled) before it came
                 continue
             pending.envelope = envelope
-            pending.frame = frame
+            pending.payload = payload
             pending.done.set()
 
     def _abandon(self, pending: _Pending) -> None:
