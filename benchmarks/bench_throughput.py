@@ -95,7 +95,9 @@ def run_clients(options: argparse.Namespace, address: str, uids: list[str]) -> i
     return sum(r["samples"] for r in results)
 
 
-def server_arguments(uids_pattern: str, expert_cls: str, hidden: int, max_batch: int) -> list[str]:
+def server_arguments(
+    uids_pattern: str, expert_cls: str, hidden: int, max_batch: int, device: str = "cpu"
+) -> list[str]:
     return [
         "server",
         "--experts",
@@ -114,7 +116,7 @@ def server_arguments(uids_pattern: str, expert_cls: str, hidden: int, max_batch:
         "--seed",
         "0",
         "--device",
-        "cpu",
+        device,
     ]
 
 
@@ -124,7 +126,7 @@ def local_throughput(options: argparse.Namespace, uids_pattern: str, batch: int)
         experts=uids_pattern,
         expert_cls=options.expert_cls,
         hidden_dim=options.hidden_dim,
-        device="cpu",
+        device=options.device,
         seed=0,
         learning_rate=1e-3,
         clip_grad_norm=None,
@@ -172,6 +174,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--tiny-calls", type=int, default=500)
+    parser.add_argument("--device", default="cpu", help="the server's device: cpu, cuda, cuda:N, auto")
     parser.add_argument("--json", type=Path)
     # Internal: this file is also the client process.
     parser.add_argument("--client", help=argparse.SUPPRESS)
@@ -195,7 +198,9 @@ def main() -> None:
     uids_pattern = f"{options.expert_cls}.[0:{options.experts}]"
     uids = [f"{options.expert_cls}.{i}" for i in range(options.experts)]
     server = NodeProcess(
-        server_arguments(uids_pattern, options.expert_cls, options.hidden_dim, options.max_batch_size)
+        server_arguments(
+            uids_pattern, options.expert_cls, options.hidden_dim, options.max_batch_size, options.device
+        )
     )
     server.wait_until_listening()
     try:
@@ -210,7 +215,8 @@ def main() -> None:
     server_batch = max(1, round(stats["backward"]["mean_batch_size"]))
     local_same_batch = local_throughput(options, uids_pattern, server_batch)
 
-    tiny_server = NodeProcess(server_arguments("nop.[0:1]", "nop", 8, 64)).wait_until_listening()
+    tiny_server = NodeProcess(server_arguments("nop.[0:1]", "nop", 8, 64, options.device))
+    tiny_server.wait_until_listening()
     try:
         tiny = trio.run(tiny_latency, tiny_server.address, options.tiny_calls)
     finally:
@@ -233,7 +239,7 @@ def main() -> None:
             "hidden_dim": options.hidden_dim,
             "batch": options.batch,
             "duration_s": options.duration,
-            "device": "cpu",
+            "device": options.device,
             "torch_threads": torch.get_num_threads(),
         },
     }
@@ -253,7 +259,7 @@ def main() -> None:
     ]
     print(
         f"expert throughput: {options.clients} client processes, {options.experts} {options.expert_cls} "
-        f"experts, hidden {options.hidden_dim}, batch {options.batch}, CPU"
+        f"experts, hidden {options.hidden_dim}, batch {options.batch}, device {options.device}"
     )
     print(f"{'measure':<34}{'value':>16}  target")
     for name, value, target in rows:

@@ -192,3 +192,28 @@ def test_a_deferred_step_lands_before_anything_reads_the_expert(tmp_path) -> Non
     assert backend.steps == 3 and same_weights(backend, twin, atol=0)
     restored = make_backend("ffn.0", "ffn", 16, seed=5)
     assert restored.load(tmp_path) and restored.steps == 3 and same_weights(restored, twin, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cuda_expert_serves_what_the_same_expert_computes_on_cpu(world: World) -> None:
+    """Inputs reach the GPU through the side copy stream; answers and learning match the CPU."""
+    backend = make_backend("ffn.0", "ffn", 64, device="cuda")
+    reference = make_backend("ffn.0", "ffn", 64)  # the same seed: the same initial weights
+
+    async def main(world: World) -> None:
+        server = await start_server(world, [backend])
+        async with RPCClient(await world.new_host()) as client:
+            generator = torch.Generator().manual_seed(2)
+            for _ in range(3):
+                x, g = torch.randn(32, 64, generator=generator), torch.randn(32, 64, generator=generator)
+                (output,) = await forward(client, server.address, backend.uid, [x])
+                assert output.device.type == "cpu"
+                assert torch.allclose(output, reference.forward([x])[0], atol=1e-4)
+                (grad,) = await backward(client, server.address, backend.uid, [x], [g])
+                assert torch.allclose(grad, reference.backward([x], [g])[0], atol=1e-4)
+            await server.runtime.settle()
+        assert backend.steps == 3
+        served, expected = backend.module.state_dict(), reference.module.state_dict()
+        assert all(torch.allclose(served[name].cpu(), expected[name], atol=1e-4) for name in expected)
+
+    world.run(main)

@@ -45,6 +45,17 @@ def default_optimizer(parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
     return adam(parameters, lr=1e-3)
 
 
+_copy_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def copy_stream_of(device: torch.device) -> torch.cuda.Stream:
+    """The one side stream that carries host-to-device copies for every expert on a CUDA device."""
+    stream = _copy_streams.get(device)
+    if stream is None:
+        stream = _copy_streams[device] = torch.cuda.Stream(device)
+    return stream
+
+
 class ExpertBackend:
     def __init__(
         self,
@@ -60,6 +71,8 @@ class ExpertBackend:
     ) -> None:
         self.uid = uid
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # one name per device
         self.module = module.to(self.device)
         self.schema = schema
         self.max_batch_size = max_batch_size
@@ -121,8 +134,19 @@ class ExpertBackend:
     def _to_device(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.device.type == "cpu":
             return tensors
-        # Pinned host memory lets the copy run asynchronously, overlapping the kernels queued before it.
-        return [tensor.pin_memory().to(self.device, non_blocking=True) for tensor in tensors]
+        if self.device.type != "cuda":
+            return [tensor.to(self.device) for tensor in tensors]
+        # From pinned host memory on a side stream: the copy overlaps what the compute stream still
+        # runs (the optimizer step applied after the last reply, say), and compute waits for the
+        # copy alone. record_stream keeps the allocator from reusing the memory under compute.
+        copy_stream = copy_stream_of(self.device)
+        compute_stream = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(copy_stream):
+            moved = [tensor.pin_memory().to(self.device, non_blocking=True) for tensor in tensors]
+        compute_stream.wait_stream(copy_stream)
+        for tensor in moved:
+            tensor.record_stream(compute_stream)
+        return moved
 
     def _step(self) -> None:
         gradients = [p.grad for p in self.parameters if p.grad is not None]
