@@ -31,6 +31,12 @@ class Sleep(msgspec.Struct, tag="sleep"):
     seconds: float
 
 
+class SlowAdd(msgspec.Struct, tag="slow_add"):
+    a: int
+    b: int
+    seconds: float
+
+
 class Empty(msgspec.Struct, tag="empty"):
     pass
 
@@ -49,6 +55,10 @@ def make_router() -> Router:
         await trio.sleep(request.seconds)
         return Empty()
 
+    async def slow_add(request: SlowAdd, peer: str) -> Sum:
+        await trio.sleep(request.seconds)
+        return Sum(request.a + request.b)
+
     async def fail(request: Empty, peer: str) -> Empty:
         raise ZeroDivisionError("the handler divided by zero")
 
@@ -58,6 +68,7 @@ def make_router() -> Router:
     router.add("scale", Scale, scale)
     router.add("add", Add, add)
     router.add("sleep", Sleep, sleep)
+    router.add("slow_add", SlowAdd, slow_add)
     router.add("fail", Empty, fail)
     router.add("refuse", Empty, refuse)
     return router

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 import trio
@@ -15,7 +17,7 @@ from tesseract.net import (
     deserialize_tensor,
     serialize_tensor,
 )
-from tests.service import Add, Empty, Scale, Sleep, Sum, Tensor, make_router
+from tests.service import Add, Empty, Scale, Sleep, SlowAdd, Sum, Tensor, make_router
 from tests.worlds import World
 
 
@@ -228,5 +230,53 @@ def test_timed_out_calls_leave_nothing_behind(world: World) -> None:
             (connection,) = client._connections.values()
             assert connection.pending == {}
             assert (await client.call(server_host.address, "add", Add(1, 1), Sum, timeout=5)).value == 2
+
+    world.run(main)
+
+
+def test_calls_take_turns_reading_and_none_loses_or_mixes_a_reply(world: World) -> None:
+    """Concurrent calls on one connection read it in turn (a call reads until its own reply comes, then
+    hands the reading on; between calls a background task reads). Calls that time out, or are
+    cancelled while they read or wait, hand it on too: every other call gets exactly its own reply."""
+
+    async def main(world: World) -> None:
+        server_host, _ = await start_server(world)
+        address = server_host.address
+        rng = random.Random(5)
+        answered: dict[int, int] = {}
+        timed_out: set[int] = set()
+        cancelled: set[int] = set()
+        async with RPCClient(await world.new_host()) as client:
+
+            async def one(i: int, delay: float, timeout: float, cancel_after: float | None) -> None:
+                with trio.move_on_after(cancel_after if cancel_after is not None else float("inf")):
+                    try:
+                        reply = await client.call(
+                            address, "slow_add", SlowAdd(i, 7, delay), Sum, timeout=timeout
+                        )
+                        answered[i] = reply.value
+                    except CallTimeout:
+                        timed_out.add(i)
+                    return
+                cancelled.add(i)
+
+            calls = 0
+            for _ in range(5):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(80):
+                        delay = rng.choice([0.0, 0.0, 0.002, 0.02, 0.06])
+                        timeout = rng.choice([5.0, 5.0, 0.03])
+                        cancel_after = rng.choice([None, None, None, 0.0, 0.001, 0.01])
+                        nursery.start_soon(one, calls, delay, timeout, cancel_after)
+                        calls += 1
+                        if rng.random() < 0.3:
+                            await trio.sleep(0)
+                await trio.sleep(0.1)  # idle: the background task takes the reading back
+            assert all(value == i + 7 for i, value in answered.items())
+            assert len(answered) + len(timed_out) + len(cancelled) == calls
+            assert len(answered) > calls // 3 and timed_out and cancelled
+            (connection,) = client._connections.values()
+            assert connection.pending == {}
+            assert (await client.call(address, "add", Add(2, 3), Sum, timeout=5)).value == 5
 
     world.run(main)

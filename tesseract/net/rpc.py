@@ -237,34 +237,80 @@ class _ServedConnection:
 class _Pending:
     """One call waiting for its reply."""
 
-    __slots__ = ("call_id", "connection", "done", "envelope", "error", "payload")
+    __slots__ = ("awaiting", "call_id", "connection", "envelope", "error", "finished", "payload", "wake")
 
     def __init__(self, call_id: int, connection: _Connection) -> None:
         self.call_id = call_id
         self.connection = connection
-        self.done = trio.Event()
+        self.finished = False  # its reply (or an error) is in
+        self.awaiting = False  # sent, and its caller waits: it may be handed the reading
+        self.wake = trio.Event()  # set when it finishes, or when it is handed the reading
         self.envelope: Response | ErrorReply | None = None
         self.payload: memoryview | None = None  # the reply's payload bytes, still encoded
         self.error: Exception | None = None
 
+    def finish(self) -> None:
+        self.finished = True
+        self.wake.set()
+
+    async def wait(self) -> None:
+        await self.wake.wait()
+        self.wake = trio.Event()
+
+
+#: ``_Connection.reader`` when the connection's own background task reads.
+_BACKGROUND = "background"
+
 
 class _Connection:
+    """One pooled stream. Exactly one task reads it at a time, and holds ``reader``: a call waiting for
+    its reply reads itself (its reply then wakes no other task first: one scheduler pass less per
+    call), and between calls a background task reads, to notice a closed connection at once."""
+
     def __init__(self, address: str, stream: Stream, max_frame_size: int) -> None:
         self.address = address
         self.stream = stream
-        self.reader = FrameReader(stream, max_frame_size)
+        self.frames = FrameReader(stream, max_frame_size)
         self.lock = trio.Lock()
         self.pending: dict[int, _Pending] = {}
         self.closed = False
         self.writable = True  # False once retired: drains its replies, then closes
-        self.reader_scope = trio.CancelScope()
+        self.reader: _Pending | str | None = None
+        self.background_wake = trio.Event()  # the reading is back for the background task
+        self.background_read: trio.CancelScope | None = None  # its receive, while it reads
+        self.background_scope = trio.CancelScope()  # cancelled to stop the background task for good
 
     def fail_all(self, error: Exception) -> None:
         self.closed = True
         for pending in self.pending.values():
             pending.error = error
-            pending.done.set()
+            pending.finish()
         self.pending.clear()
+
+    def hand_over(self) -> None:
+        """Give up the reading: to a call that waits for its reply, else to the background task."""
+        for pending in self.pending.values():
+            if pending.awaiting:
+                self.reader = pending
+                pending.wake.set()
+                return
+        self.reader = None
+        self.background_wake.set()
+
+    def deliver(self, frame: Frame, stats: Counter[str]) -> None:
+        """Route one reply frame to its call (``ProtocolError`` if its envelope is undecodable)."""
+        envelope, payload = split_body(memoryview(frame.body), frame.envelope_size)
+        pending = self.pending.pop(envelope.id, None)
+        if pending is None:
+            if isinstance(envelope, ErrorReply) and envelope.id == 0:
+                # The peer could not parse something we sent: worth a line in the log.
+                logger.warning("%s reported %s: %s", self.address, envelope.code, envelope.message)
+            else:
+                stats["late_replies"] += 1  # the caller gave up (deadline, cancelled) before it came
+            return
+        pending.envelope = envelope
+        pending.payload = payload
+        pending.finish()
 
 
 class RPCClient:
@@ -310,9 +356,9 @@ class RPCClient:
         try:
             with trio.move_on_at(deadline) as scope:
                 pending = await self._send_request(address, method, request, deadline)
-                await pending.done.wait()
+                await self._await_reply(pending)
         finally:
-            if pending is not None and not pending.done.is_set():
+            if pending is not None and not pending.finished:
                 self._abandon(pending)  # timed out or cancelled: a late reply will find nobody
         if scope.cancelled_caught:
             self.stats["timeouts"] += 1
@@ -377,17 +423,69 @@ class RPCClient:
             connection = _Connection(address, stream, self.max_frame_size)
             self._connections[address] = connection
             assert self._nursery is not None, "use RPCClient as an async context manager"
-            self._nursery.start_soon(self._read_replies, connection)
+            self._nursery.start_soon(self._read_in_background, connection)
             return connection, False
         finally:
             del self._connecting[address]
             event.set()
 
-    async def _read_replies(self, connection: _Connection) -> None:
+    async def _await_reply(self, pending: _Pending) -> None:
+        """Wait for the reply, reading the stream whenever nobody else does."""
+        connection = pending.connection
+        pending.awaiting = True
+        try:
+            while not pending.finished:
+                if connection.reader is None:
+                    connection.reader = pending
+                if connection.reader is pending:
+                    await self._read_frame(connection)
+                    continue
+                if connection.reader is _BACKGROUND and connection.background_read is not None:
+                    connection.background_read.cancel()  # it hands the reading over at once
+                await pending.wait()  # our reply, or the reading, comes
+        finally:
+            pending.awaiting = False
+            if connection.reader is pending:
+                connection.hand_over()
+
+    async def _read_frame(self, connection: _Connection) -> None:
+        """Read one frame and route it; a broken or closed stream fails every call on it."""
+        try:
+            frame = await connection.frames.receive_frame()
+            if frame is not None:
+                connection.deliver(frame, self.stats)
+                return
+            error = PeerUnavailable(f"{connection.address} closed the connection")
+        except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            error = PeerUnavailable(f"connection to {connection.address} failed: {exc}")
+        self._drop(connection, error)
+        connection.background_scope.cancel()  # it closes the stream
+
+    async def _read_in_background(self, connection: _Connection) -> None:
+        """Read whenever no call does: notices a closed connection at once, drains late replies."""
         error: Exception = PeerUnavailable(f"{connection.address} closed the connection")
         try:
-            with connection.reader_scope:
-                await self._read_replies_until_done(connection)
+            with connection.background_scope:
+                while connection.writable or connection.pending:
+                    if connection.reader is None:
+                        connection.reader = _BACKGROUND
+                    if connection.reader is not _BACKGROUND:
+                        connection.background_wake = trio.Event()
+                        await connection.background_wake.wait()
+                        continue
+                    frame = None
+                    with trio.CancelScope() as evicted:
+                        connection.background_read = evicted
+                        frame = await connection.frames.receive_frame()
+                    connection.background_read = None
+                    if evicted.cancelled_caught:  # a call wants to read its reply itself
+                        connection.hand_over()
+                        continue
+                    if frame is None:
+                        return
+                    connection.deliver(frame, self.stats)
+                    if any(pending.awaiting for pending in connection.pending.values()):
+                        connection.hand_over()  # a call asked for the reading as this frame came in
         except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             error = PeerUnavailable(f"connection to {connection.address} failed: {exc}")
         finally:
@@ -395,36 +493,18 @@ class RPCClient:
             with trio.CancelScope(shield=True):
                 await connection.stream.aclose()
 
-    async def _read_replies_until_done(self, connection: _Connection) -> None:
-        while connection.writable or connection.pending:
-            frame = await connection.reader.receive_frame()
-            if frame is None:
-                return
-            envelope, payload = split_body(memoryview(frame.body), frame.envelope_size)
-            pending = connection.pending.pop(envelope.id, None)
-            if pending is None:
-                if isinstance(envelope, ErrorReply) and envelope.id == 0:
-                    # The peer could not parse something we sent: worth a line in the log.
-                    logger.warning("%s reported %s: %s", connection.address, envelope.code, envelope.message)
-                else:
-                    self.stats["late_replies"] += 1  # the caller gave up (deadline, cancelled) before it came
-                continue
-            pending.envelope = envelope
-            pending.payload = payload
-            pending.done.set()
-
     def _abandon(self, pending: _Pending) -> None:
         connection = pending.connection
         connection.pending.pop(pending.call_id, None)
         if not connection.writable and not connection.pending:
-            connection.reader_scope.cancel()
+            connection.background_scope.cancel()
 
     def _retire(self, connection: _Connection) -> None:
         connection.writable = False
         if self._connections.get(connection.address) is connection:
             del self._connections[connection.address]
         if not connection.pending:
-            connection.reader_scope.cancel()
+            connection.background_scope.cancel()
 
     def _drop(self, connection: _Connection, error: Exception) -> None:
         connection.fail_all(error)
