@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=4096)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--duration", type=float, default=15.0)
-    parser.add_argument("--tiny-calls", type=int, default=500)
+    parser.add_argument("--tiny-calls", type=int, default=2000)
     parser.add_argument("--device", default="cpu", help="the server's device: cpu, cuda, cuda:N, auto")
     parser.add_argument("--json", type=Path)
     # Internal: this file is also the client process.

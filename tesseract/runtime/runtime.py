@@ -110,7 +110,8 @@ class Runtime:
             await self._apply_steps()
 
     async def _apply_steps(self) -> None:
-        backends = list(self._unstepped.values())
+        # An expert's next batch applies its pending step itself: those need no call here.
+        backends = [backend for backend in self._unstepped.values() if backend.step_pending]
         self._unstepped.clear()
         if not backends:
             return
