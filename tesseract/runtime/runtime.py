@@ -55,6 +55,9 @@ class Runtime:
         #: Row counts of every batch run, per (uid, kind), in order: lets tests replay training exactly.
         self.batch_log: list[tuple[str, str, list[int]]] = []
         self.keep_batch_log = False
+        #: Pools that got requests since they were last emptied, in that order: the loop looks at
+        #: these only, so a request costs the same on a server of one expert or of a thousand.
+        self._waiting: dict[TaskPool, None] = {}
         #: Backends whose last backward left an optimizer step to apply, in order.
         self._unstepped: dict[str, ExpertBackend] = {}
         self._wakeup = trio.Event()
@@ -74,10 +77,11 @@ class Runtime:
                 await self._run_batch(pool, [task])
             finally:
                 self._device.release()
-                if self._unstepped or any(self.pools.values()):
+                if self._unstepped or self._waiting:
                     self._wakeup.set()
         else:
             pool.submit(task)
+            self._waiting[pool] = None
             self._wakeup.set()
             try:
                 await task.event.wait()
@@ -90,19 +94,23 @@ class Runtime:
         return task.outputs
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        pools = list(self.pools.values())
         task_status.started()
         while True:
-            pool = pick_pool(pools)
-            if pool is not None:
-                async with self._device:
-                    await self._run_batch(pool, pool.take_batch())
-            elif self._unstepped:
-                async with self._device:
-                    await self._apply_steps()
-            else:
+            if not self._waiting and not self._unstepped:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
+                continue
+            async with self._device:
+                # Chosen once the device is ours, so requests that came meanwhile join the batch.
+                pool = pick_pool(list(self._waiting))
+                if pool is None:
+                    self._waiting.clear()  # what they held was cancelled
+                    await self._apply_steps()  # nothing waits: now the deferred optimizer steps
+                    continue
+                batch = pool.take_batch()
+                if not pool:
+                    del self._waiting[pool]
+                await self._run_batch(pool, batch)
 
     async def settle(self) -> None:
         """Wait for the device, then apply every pending optimizer step (to read the weights)."""
@@ -126,7 +134,7 @@ class Runtime:
             logger.exception("optimizer steps of %s failed", [backend.uid for backend in backends])
 
     def _idle(self) -> bool:
-        return not self._device.locked() and not any(self.pools.values())
+        return not self._device.locked() and not self._waiting
 
     async def _run_batch(self, pool: TaskPool, batch: list[Task]) -> None:
         backend = self.backends[pool.uid]
