@@ -275,8 +275,8 @@ def test_calls_take_turns_reading_and_none_loses_or_mixes_a_reply(world: World) 
             assert all(value == i + 7 for i, value in answered.items())
             assert len(answered) + len(timed_out) + len(cancelled) == calls
             assert len(answered) > calls // 3 and timed_out and cancelled
-            (connection,) = client._connections.values()
-            assert connection.pending == {}
+            # (A call cancelled in the middle of its frame retires its connection: a new one follows.)
+            assert all(connection.pending == {} for connection in client._connections.values())
             assert (await client.call(address, "add", Add(2, 3), Sum, timeout=5)).value == 5
 
     world.run(main)

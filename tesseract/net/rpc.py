@@ -264,8 +264,9 @@ _BACKGROUND = "background"
 
 class _Connection:
     """One pooled stream. Exactly one task reads it at a time, and holds ``reader``: a call waiting for
-    its reply reads itself (its reply then wakes no other task first: one scheduler pass less per
-    call), and between calls a background task reads, to notice a closed connection at once."""
+    its reply reads itself if nobody else does (its reply then wakes no other task first: one
+    scheduler pass less per call), and a background task reads whenever no call does, to notice a
+    closed connection at once and route the replies of calls that wait while it reads."""
 
     def __init__(self, address: str, stream: Stream, max_frame_size: int) -> None:
         self.address = address
@@ -277,7 +278,6 @@ class _Connection:
         self.writable = True  # False once retired: drains its replies, then closes
         self.reader: _Pending | str | None = None
         self.background_wake = trio.Event()  # the reading is back for the background task
-        self.background_read: trio.CancelScope | None = None  # its receive, while it reads
         self.background_scope = trio.CancelScope()  # cancelled to stop the background task for good
 
     def fail_all(self, error: Exception) -> None:
@@ -439,10 +439,8 @@ class RPCClient:
                     connection.reader = pending
                 if connection.reader is pending:
                     await self._read_frame(connection)
-                    continue
-                if connection.reader is _BACKGROUND and connection.background_read is not None:
-                    connection.background_read.cancel()  # it hands the reading over at once
-                await pending.wait()  # our reply, or the reading, comes
+                else:
+                    await pending.wait()  # the reader routes our reply to us, or hands us the reading
         finally:
             pending.awaiting = False
             if connection.reader is pending:
@@ -473,19 +471,10 @@ class RPCClient:
                         connection.background_wake = trio.Event()
                         await connection.background_wake.wait()
                         continue
-                    frame = None
-                    with trio.CancelScope() as evicted:
-                        connection.background_read = evicted
-                        frame = await connection.frames.receive_frame()
-                    connection.background_read = None
-                    if evicted.cancelled_caught:  # a call wants to read its reply itself
-                        connection.hand_over()
-                        continue
+                    frame = await connection.frames.receive_frame()
                     if frame is None:
                         return
                     connection.deliver(frame, self.stats)
-                    if any(pending.awaiting for pending in connection.pending.values()):
-                        connection.hand_over()  # a call asked for the reading as this frame came in
         except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             error = PeerUnavailable(f"connection to {connection.address} failed: {exc}")
         finally:
