@@ -6,8 +6,9 @@
 Every client process runs forward then backward of a batch of B rows on the experts in turn, in a
 closed loop. ``remote_samples_per_s`` counts rows that completed both, over all clients, in a window
 after a warm-up; ``local_samples_per_s`` makes the same backend calls in this process, one after the
-other, in the same run; ``efficiency`` is their ratio. ``tiny_fwd_bwd_p50_ms`` is one client calling a
-``nop`` expert with one row, forward then backward.
+other, in the same run (before and after the remote window, averaged); ``efficiency`` is their
+ratio. ``tiny_fwd_bwd_p50_ms`` is one client calling a ``nop`` expert with one row, forward then
+backward.
 """
 
 from __future__ import annotations
@@ -195,6 +196,14 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    # First, on a quiet machine: the latency of one small call, before the load runs.
+    tiny_server = NodeProcess(server_arguments("nop.[0:1]", "nop", 8, 64, options.device))
+    tiny_server.wait_until_listening()
+    try:
+        tiny = trio.run(tiny_latency, tiny_server.address, options.tiny_calls)
+    finally:
+        tiny_server.stop()
+
     uids_pattern = f"{options.expert_cls}.[0:{options.experts}]"
     uids = [f"{options.expert_cls}.{i}" for i in range(options.experts)]
     server = NodeProcess(
@@ -203,28 +212,26 @@ def main() -> None:
         )
     )
     server.wait_until_listening()
+    # The in-process baseline runs before and after the remote window, and their mean is the
+    # baseline: this machine's speed drifts over seconds, and bracketing cancels a steady drift.
+    local_before = local_throughput(options, uids_pattern, options.batch)
     try:
         remote_samples = run_clients(options, server.address, uids)
         stats = server.command(op="stats")
     finally:
         server.stop()
     remote = remote_samples / options.duration
-    local = local_throughput(options, uids_pattern, options.batch)
+    local_after = local_throughput(options, uids_pattern, options.batch)
+    local = (local_before + local_after) / 2
     # Stricter: in-process calls at the batch size the server actually ran, so batching gains cancel out
     # and what remains is the cost of serving (network, queues, copies).
     server_batch = max(1, round(stats["backward"]["mean_batch_size"]))
     local_same_batch = local_throughput(options, uids_pattern, server_batch)
 
-    tiny_server = NodeProcess(server_arguments("nop.[0:1]", "nop", 8, 64, options.device))
-    tiny_server.wait_until_listening()
-    try:
-        tiny = trio.run(tiny_latency, tiny_server.address, options.tiny_calls)
-    finally:
-        tiny_server.stop()
-
     result = {
         "remote_samples_per_s": remote,
         "local_samples_per_s": local,
+        "local_samples_per_s_before_and_after": [local_before, local_after],
         "efficiency": remote / local,
         "local_samples_per_s_at_server_batch": local_same_batch,
         "efficiency_at_server_batch": remote / local_same_batch,
@@ -246,6 +253,7 @@ def main() -> None:
     rows = [
         ("remote samples/s", f"{remote:.1f}", ""),
         ("local samples/s (in-process)", f"{local:.1f}", ""),
+        ("  before / after the remote run", f"{local_before:.0f} / {local_after:.0f}", ""),
         ("efficiency", f"{remote / local:.3f}", ">= 0.95"),
         (f"local samples/s at batch {server_batch}", f"{local_same_batch:.1f}", ""),
         ("efficiency at server batch", f"{remote / local_same_batch:.3f}", ""),
