@@ -20,11 +20,11 @@ from tesseract.net import RemoteError, Router, RPCServer
 from tesseract.net.framing import DEFAULT_MAX_FRAME_SIZE
 from tesseract.net.host import Host
 from tesseract.net.messages import ErrorCode
-from tesseract.net.tensors import serialize_tensor
+from tesseract.net.tensors import deserialize_tensor, serialize_tensor
 from tesseract.runtime.backend import ExpertBackend
 from tesseract.runtime.pool import BACKWARD, FORWARD
 from tesseract.runtime.runtime import ExpertStats, Runtime
-from tesseract.runtime.schema import receive_batch
+from tesseract.runtime.schema import check_batch
 from tesseract.server import protocol as wire
 
 logger = logging.getLogger(__name__)
@@ -148,8 +148,9 @@ class ExpertServer:
     async def _on_forward(self, request: wire.ForwardRequest, peer: str) -> wire.ForwardResponse:
         backend = self._backend(request.uid)
         self._maybe_inject_fault(FORWARD)
-        inputs, rows = receive_batch(
-            request.inputs, backend.schema.inputs, what="inputs", max_batch_size=backend.max_batch_size
+        inputs = [deserialize_tensor(t) for t in request.inputs]
+        rows = check_batch(
+            inputs, backend.schema.inputs, what="inputs", max_batch_size=backend.max_batch_size
         )
         outputs = await self._submit(backend.uid, FORWARD, inputs, rows)
         return wire.ForwardResponse([serialize_tensor(t) for t in outputs])
@@ -157,14 +158,13 @@ class ExpertServer:
     async def _on_backward(self, request: wire.BackwardRequest, peer: str) -> wire.BackwardResponse:
         backend = self._backend(request.uid)
         self._maybe_inject_fault(BACKWARD)
-        inputs, rows = receive_batch(
-            request.inputs, backend.schema.inputs, what="inputs", max_batch_size=backend.max_batch_size
+        inputs = [deserialize_tensor(t) for t in request.inputs]
+        grads = [deserialize_tensor(t) for t in request.grad_outputs]
+        rows = check_batch(
+            inputs, backend.schema.inputs, what="inputs", max_batch_size=backend.max_batch_size
         )
-        grads, grad_rows = receive_batch(
-            request.grad_outputs,
-            backend.schema.outputs,
-            what="grad_outputs",
-            max_batch_size=backend.max_batch_size,
+        grad_rows = check_batch(
+            grads, backend.schema.outputs, what="grad_outputs", max_batch_size=backend.max_batch_size
         )
         if grad_rows != rows:
             raise RemoteError(
