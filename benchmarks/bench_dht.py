@@ -11,7 +11,6 @@ the round-trip time of the fixed-latency links).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -22,6 +21,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.report import report
 from simulator import SimNetwork, run_simulation
 from tesseract.dht import DHTConfig, DHTNode
 from tesseract.launch import LocalDHTSwarm
@@ -210,13 +210,7 @@ def main() -> None:
             ("startup (s)", f"{result['startup_s']:.2f}", ""),
         ]
         title = f"real DHT: {result['nodes']} processes on loopback"
-    print(title)
-    print(f"{'measure':<28}{'value':>22}  target")
-    for name, value, target in rows:
-        print(f"{name:<28}{value:>22}  {target}")
-    if options.json:
-        options.json.write_text(json.dumps(result, indent=2, sort_keys=True))
-        print(f"wrote {options.json}")
+    report(title, rows, result, options.json)
 
 
 if __name__ == "__main__":

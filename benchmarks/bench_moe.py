@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.report import report
 from tesseract.client import Client
 from tesseract.client.moe import RemoteMixtureOfExperts
 from tesseract.launch import LocalSwarm
@@ -164,16 +164,11 @@ def main() -> None:
         ("DHT rounds per step", f"{result['dht_rounds_per_step']:.3f}", ""),
         ("failed expert calls", str(failures), ""),
     ]
-    print(
+    title = (
         f"mixture of experts: grid {'x'.join(map(str, grid))}, k_best {options.k_best}, ffn hidden "
         f"{options.hidden_dim}, batch {options.batch}, {options.servers} server processes, CPU"
     )
-    print(f"{'measure':<30}{'value':>14}  target")
-    for name, value, target in rows:
-        print(f"{name:<30}{value:>14}  {target}")
-    if options.json:
-        options.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        print(f"wrote {options.json}")
+    report(title, rows, result, options.json)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.report import report
 from tesseract.launch import NodeProcess
 from tesseract.net import RPCClient, deserialize_tensor, serialize_tensor
 from tesseract.net.real import RealHost
@@ -265,16 +266,11 @@ def main() -> None:
         ("tiny fwd+bwd p50 (ms)", f"{result['tiny_fwd_bwd_p50_ms']:.3f}", "<= 1"),
         ("tiny fwd+bwd p99 (ms)", f"{result['tiny_fwd_bwd_p99_ms']:.3f}", ""),
     ]
-    print(
+    title = (
         f"expert throughput: {options.clients} client processes, {options.experts} {options.expert_cls} "
         f"experts, hidden {options.hidden_dim}, batch {options.batch}, device {options.device}"
     )
-    print(f"{'measure':<34}{'value':>16}  target")
-    for name, value, target in rows:
-        print(f"{name:<34}{value:>16}  {target}")
-    if options.json:
-        options.json.write_text(json.dumps(result, indent=2, sort_keys=True))
-        print(f"wrote {options.json}")
+    report(title, rows, result, options.json)
 
 
 if __name__ == "__main__":
