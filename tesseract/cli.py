@@ -1,6 +1,7 @@
 """The ``tesseract`` command (also ``tesseract-moe`` and ``python -m tesseract``).
 
-Subcommands are added as the system grows; each lives in its own module and registers here.
+Each subcommand lives in its package's ``command`` module; its parser is built here without importing
+torch, so a DHT-only process starts fast, and torch loads only once a command that needs it runs.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tesseract import __version__, swarm_command
+from tesseract import __version__
 from tesseract.dht import command as dht_command
+from tesseract.launch import die_with_parent
 from tesseract.server import options as server_options
+from tesseract.swarm import command as swarm_command
 from tesseract.train import options as train_options
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -40,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    die_with_parent()
     parser = build_parser()
     options = parser.parse_args(argv)
     if options.command == "dht":

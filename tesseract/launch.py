@@ -7,10 +7,11 @@ this module works with the operating system directly (processes, pipes, signals,
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import queue
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -18,9 +19,40 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 _LISTENING = re.compile(r"listening on (\S+)")
+#: Set in every child's environment: the launcher's pid, so the child can ask to die with it.
+PARENT_PID_VARIABLE = "TESSERACT_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+#: Lines read from a node and not yet consumed; past this the reader waits and the pipe fills, as it
+#: would with no reader at all.
+_MAX_QUEUED_LINES = 10_000
+
+
+def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a child node: ``extra`` added, and our pid for
+    ``die_with_parent``."""
+    return {**os.environ, PARENT_PID_VARIABLE: str(os.getpid()), **(extra or {})}
+
+
+def die_with_parent() -> None:
+    """In a node started by this module: ask Linux to send SIGTERM when the launcher dies.
+
+    A launcher killed with SIGKILL cannot stop its children, and a DHT node or trainer left behind
+    keeps running, its trainer failing every step. SIGTERM (not SIGKILL) lets a server save its
+    checkpoints on the way out. The kernel signals when the launcher's *thread* that started the
+    child exits, so launchers start nodes from a thread that lives as long as they do (the main one).
+    """
+    parent = os.environ.pop(PARENT_PID_VARIABLE, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return
+    if os.getppid() != int(parent):  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class NodeProcessError(RuntimeError):
@@ -31,17 +63,24 @@ class NodeProcess:
     """One ``tesseract <subcommand> --commands`` process."""
 
     def __init__(
-        self, arguments: Sequence[str], *, commands: bool = True, env: Mapping[str, str] | None = None
+        self,
+        arguments: Sequence[str],
+        *,
+        commands: bool = True,
+        env: Mapping[str, str] | None = None,
+        program: Sequence[str] = (sys.executable, "-m", "tesseract"),
     ) -> None:
         """Spawn the process; ``wait_until_listening`` then reads its address.
 
         ``commands=False``: no JSON commands on stdin; call ``drain`` once it listens, so its status
         lines never fill the pipe. ``env``: variables added to this process's environment.
+        ``program``: what runs, before ``arguments`` (the ``tesseract`` command by default).
         """
         self.arguments = list(arguments)
+        self.name = self.arguments[0] if self.arguments else "node"  # the subcommand, for messages
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tesseract", *self.arguments, *(["--commands"] if commands else [])],
-            env={**os.environ, **(env or {})},
+            [*program, *self.arguments, *(["--commands"] if commands else [])],
+            env=child_environment(env),
             stdin=subprocess.PIPE if commands else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -52,7 +91,42 @@ class NodeProcess:
         self.started_at = time.monotonic()
         self.address = ""
         self.startup_s = 0.0
+        # One thread reads the pipe for the process's whole life and queues whole lines. Waiting on
+        # the pipe's descriptor instead would miss lines already read into Python's buffer together
+        # with an earlier one, and wait out the deadline with the answer in hand.
+        self._lines: queue.Queue[str | None] = queue.Queue(_MAX_QUEUED_LINES)
+        self._sink_lock = threading.Lock()
         self._draining = False
+        self._sink: TextIO | None = None
+        threading.Thread(target=self._read, name=f"read-{self.name}", daemon=True).start()
+
+    def _read(self) -> None:
+        stdout = self.process.stdout
+        assert stdout is not None
+        with stdout:
+            for line in stdout:
+                while not self._deliver(line):
+                    time.sleep(0.05)  # nobody reads: wait, as a full pipe would make the node wait
+        while not self._deliver(None):
+            time.sleep(0.05)
+
+    def _deliver(self, line: str | None) -> bool:
+        """Queue a line (None: the end), or copy it to the sink once draining; False when full."""
+        with self._sink_lock:  # so no line is queued after ``drain`` has emptied the queue
+            if self._draining:
+                if line is not None:
+                    self._write_to_sink(line)
+                return True
+            try:
+                self._lines.put_nowait(line)
+            except queue.Full:
+                return False
+            return True
+
+    def _write_to_sink(self, line: str) -> None:
+        if self._sink is not None:
+            self._sink.write(line)
+            self._sink.flush()
 
     def wait_until_listening(self, timeout: float = 60.0) -> NodeProcess:
         deadline = time.monotonic() + timeout
@@ -66,17 +140,16 @@ class NodeProcess:
         return self
 
     def _readline(self, deadline: float) -> str:
-        stdout = self.process.stdout
-        assert stdout is not None
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([stdout], [], [], remaining)[0]:
+        try:
+            line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
             raise NodeProcessError(
-                f"{self.arguments[0]} node gave no answer in time; last output: {list(self._recent)}"
-            )
-        line = stdout.readline()
-        if not line:
+                f"{self.name} node gave no answer in time; last output: {list(self._recent)}"
+            ) from None
+        if line is None:
+            self._lines.put(None)  # every later read sees the end too
             raise NodeProcessError(
-                f"{self.arguments[0]} node exited ({self.process.poll()}): {list(self._recent)}"
+                f"{self.name} node exited ({self.process.poll()}): {list(self._recent)}"
             )
         return line.rstrip("\n")
 
@@ -97,19 +170,18 @@ class NodeProcess:
             self._recent.append(line)
 
     def drain(self, sink: TextIO | None) -> None:
-        """From now on, copy the node's output lines to ``sink`` (or drop them) in a daemon thread."""
-        stdout = self.process.stdout
-        assert stdout is not None
-
-        def copy() -> None:
-            with stdout:
-                for line in stdout:
-                    if sink is not None:
-                        sink.write(line)
-                        sink.flush()
-
-        self._draining = True
-        threading.Thread(target=copy, name=f"drain-{self.address}", daemon=True).start()
+        """From now on, copy the node's output lines to ``sink`` (or drop them)."""
+        with self._sink_lock:
+            self._sink, self._draining = sink, True
+            while True:  # lines queued before now go first, in order
+                try:
+                    line = self._lines.get_nowait()
+                except queue.Empty:
+                    break
+                if line is None:
+                    self._lines.put(None)
+                    break
+                self._write_to_sink(line)
 
     def kill(self) -> None:
         """SIGKILL: the process dies at once, with no chance to leave gracefully."""
@@ -130,8 +202,6 @@ class NodeProcess:
             self.kill()
         if self.process.stdin is not None:
             self.process.stdin.close()
-        if not self._draining and self.process.stdout is not None:
-            self.process.stdout.close()
 
 
 class LocalDHTSwarm:
@@ -203,6 +273,7 @@ class LocalSwarm:
         update_period: float = 10.0,
         host: str = "127.0.0.1",
         log: TextIO | None = None,
+        checkpoint_dir: Path | None = None,
         server_arguments: Sequence[str] = (),
     ) -> None:
         uids = [uid_prefix]
@@ -219,6 +290,7 @@ class LocalSwarm:
         self.update_period = update_period
         self.host = host
         self.log = log
+        self.checkpoint_dir = checkpoint_dir
         self.server_arguments = list(server_arguments)
         self.bootstrap: NodeProcess | None = None
         self.servers: list[NodeProcess] = []
@@ -252,6 +324,7 @@ class LocalSwarm:
                     str(self.seed * 1000 + index),
                     "--fault-rate",
                     str(self.fault_rate),
+                    *(["--checkpoint-dir", str(self.checkpoint_dir)] if self.checkpoint_dir else []),
                     *self.server_arguments,
                 ]
                 self.servers.append(NodeProcess(arguments, commands=False, env=self.env))
@@ -269,7 +342,7 @@ class LocalSwarm:
         command = [sys.executable, "-m", "tesseract", "train", "--initial-peers", self.bootstrap.address]
         self.trainer = subprocess.Popen(
             [*command, "--listen", f"{self.host}:0", *arguments],
-            env={**os.environ, **self.env},
+            env=child_environment(self.env),
             stdout=stdout,
             stderr=subprocess.STDOUT if stdout is not None else None,
         )

@@ -137,7 +137,8 @@ def test_train_and_swarm_commands_explain_themselves() -> None:
 
 
 def test_the_swarm_hands_its_settings_on_to_the_trainer_unchanged() -> None:
-    from tesseract import cli, swarm_command
+    from tesseract import cli
+    from tesseract.swarm import command as swarm_command
 
     parser = cli.build_parser()
     given = ["--grid", "2", "3", "--k-best", "3", "--allow-zero-outputs", "--max-steps", "7", "--seed", "4"]

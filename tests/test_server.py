@@ -61,7 +61,8 @@ def test_many_clients_get_their_own_rows_and_steps_replay_exactly(world: World) 
 
     async def main(world: World) -> None:
         server = await start_server(world, [backend])
-        server.runtime.keep_batch_log = True
+        batches: list[tuple[str, str, list[int]]] = []
+        server.runtime.on_batch = lambda uid, kind, rows: batches.append((uid, kind, rows))
         data = {}
         for rows in range(1, 7):
             generator = torch.Generator().manual_seed(rows)
@@ -89,7 +90,7 @@ def test_many_clients_get_their_own_rows_and_steps_replay_exactly(world: World) 
         for rows, output in results.items():
             assert output.shape == (rows, 16)
             assert torch.allclose(output, expected_outputs[rows][0], atol=1e-5)  # its own rows, unmixed
-        backward_batches = [rows for uid, kind, rows in server.runtime.batch_log if kind == "backward"]
+        backward_batches = [rows for uid, kind, rows in batches if kind == "backward"]
         assert sorted(r for batch in backward_batches for r in batch) == [1, 2, 3, 4, 5, 6]
         for batch in backward_batches:
             reference.backward(

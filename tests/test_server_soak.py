@@ -14,6 +14,8 @@ from tests.experts import backward, forward, make_backend, start_server
 from tests.worlds import RealWorld, World
 
 CLIENTS = 32
+#: The one right answer to each kind of bad request.
+EXPECTED_CODE = {"unknown": "not_found", "shape": "bad_request", "nan": "bad_request", "too_big": "bad_request"}
 SOAK_SECONDS = 5.0
 
 
@@ -57,8 +59,9 @@ def test_thirty_two_clients_mixed_valid_and_invalid() -> None:
                         await forward(client, address, uid, [torch.randn(65, 32)])
                     if bad != "garbage":
                         leaks.append(f"bad request {bad} was accepted")
-                except RemoteError:
-                    pass
+                except RemoteError as exc:
+                    if exc.code != EXPECTED_CODE[bad]:
+                        leaks.append(f"bad request {bad} got {exc.code}, not {EXPECTED_CODE[bad]}: {exc}")
                 counts["invalid"] += 1
                 continue
             try:

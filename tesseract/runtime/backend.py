@@ -6,15 +6,15 @@ inputs, and applies an optimizer step: the expert learns, asynchronously, from e
 A non-finite gradient never reaches the optimizer. These methods are synchronous and heavy: the
 runtime calls them through ``host.compute``.
 
-The runtime splits ``backward`` in two: ``compute_gradients`` answers the client, and the step it
-leaves pending (``apply_step``) runs after the reply is sent. Whatever comes next (a forward, the
-next backward, a checkpoint) applies a pending step first, so every batch sees exactly the weights
-it would have seen had the step run at once; only the client no longer waits for the optimizer.
+The runtime splits ``backward`` in two, so the client does not wait for the optimizer:
+``compute_gradients`` answers the client, and the step it leaves pending (``apply_step``) runs after
+the reply is sent. Whatever comes next (a forward, the next backward, a checkpoint) applies a pending
+step first, so every batch sees exactly the weights it would have seen had the step run at once.
 """
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,7 @@ class ExpertBackend:
         self.optimizer = optimizer(self.parameters)
         self.scheduler = scheduler(self.optimizer) if scheduler is not None else None
         self.steps = 0
+        self.saved_steps: int | None = None  # ``steps`` as of the last checkpoint saved or loaded
         self.step_pending = False  # parameter gradients wait for apply_step
         self.skipped_steps = 0  # backward batches whose gradients were not finite
         self.parameter_count = sum(p.numel() for p in self.module.parameters())
@@ -194,13 +195,23 @@ class ExpertBackend:
         return state
 
     def save(self, directory: Path) -> Path:
-        """Write this expert's state to ``directory/<uid>.pt`` (atomically: a crash leaves the old one)."""
+        """Write this expert's state to ``directory/<uid>.pt``, atomically and durably.
+
+        The state goes to a side file that is flushed to disk, then renamed over the old checkpoint,
+        and the rename itself is flushed: a crash at any moment leaves the old checkpoint or the new
+        one whole on disk, never a torn one or none.
+        """
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{self.uid}.pt"
-        partial = path.with_suffix(".pt.partial")
-        torch.save(self.state_dict(), partial)
-        partial.replace(path)
-        (directory / f"{self.uid}.json").write_text(json.dumps({"uid": self.uid, "steps": self.steps}))
+        partial = path.with_name(f"{path.name}.partial")
+        state = self.state_dict()
+        with open(partial, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+        _fsync_directory(directory)
+        self.saved_steps = state["steps"]
         return path
 
     def load(self, directory: Path) -> bool:
@@ -213,7 +224,16 @@ class ExpertBackend:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
-        self.steps = int(state["steps"])
+        self.steps = self.saved_steps = int(state["steps"])
         self.step_pending = False
         self._clear_gradients()
         return True
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Flush a directory's entries (a rename in it) to disk."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -10,7 +10,7 @@ nothing else waits (or the expert's next batch applies it first), off the client
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -52,9 +52,9 @@ class Runtime:
             for kind in (FORWARD, BACKWARD)
         }
         self.stats = {(uid, kind): ExpertStats() for uid, kind in self.pools}
-        #: Row counts of every batch run, per (uid, kind), in order: lets tests replay training exactly.
-        self.batch_log: list[tuple[str, str, list[int]]] = []
-        self.keep_batch_log = False
+        #: Called with (uid, kind, row count of each request) after every batch computes: for
+        #: metrics and traces (a batch-size histogram, or replaying the exact batches).
+        self.on_batch: Callable[[str, str, list[int]], None] | None = None
         #: Pools that got requests since they were last emptied, in that order: the loop looks at
         #: these only, so a request costs the same on a server of one expert or of a thousand.
         self._waiting: dict[TaskPool, None] = {}
@@ -175,8 +175,8 @@ class Runtime:
         stats.samples += total
         stats.compute_s += finished - started
         stats.queue_wait_s += sum(started - task.arrival for task in batch)
-        if self.keep_batch_log:
-            self.batch_log.append((pool.uid, pool.kind, rows))
+        if self.on_batch is not None:
+            self.on_batch(pool.uid, pool.kind, rows)
         if len(batch) == 1:  # most requests under light load: nothing to split
             batch[0].outputs = outputs
             batch[0].event.set()

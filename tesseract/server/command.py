@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import signal
 import sys
 from contextlib import AsyncExitStack
@@ -75,8 +76,15 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
+#: Descriptors held from the start and released when shutdown begins: saving checkpoints needs a few
+#: even when peers have taken every other one the process may open.
+SHUTDOWN_DESCRIPTORS = 8
+
+
 async def _main(options: argparse.Namespace, backends: list[ExpertBackend]) -> int:
+    reserve = [os.open(os.devnull, os.O_RDONLY) for _ in range(SHUTDOWN_DESCRIPTORS)]
     async with AsyncExitStack() as stack:
+        stack.callback(_release, reserve)
         host = await stack.enter_async_context(RealHost.open(options.listen))
         dht = None
         if not options.no_dht:
@@ -88,6 +96,7 @@ async def _main(options: argparse.Namespace, backends: list[ExpertBackend]) -> i
                 dht=dht,
                 update_period=options.update_period,
                 checkpoint_dir=options.checkpoint_dir,
+                checkpoint_period=options.checkpoint_period,
                 fault_rate=options.fault_rate,
             )
         )
@@ -105,8 +114,14 @@ async def _main(options: argparse.Namespace, backends: list[ExpertBackend]) -> i
                     say(f"received {signal.Signals(signum).name}: finishing in-flight work and saving")
                     break
             nursery.cancel_scope.cancel()
+        _release(reserve)  # before the server's shutdown, which saves the checkpoints
     say("stopped")
     return 0
+
+
+def _release(descriptors: list[int]) -> None:
+    while descriptors:
+        os.close(descriptors.pop())
 
 
 def summary(server: ExpertServer) -> dict[str, Any]:

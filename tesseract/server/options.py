@@ -49,7 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--initial-peers", nargs="*", default=[], metavar="ADDR", help="DHT peers to join through"
     )
     parser.add_argument("--no-dht", action="store_true", help="serve without joining or starting a DHT")
-    parser.add_argument("--checkpoint-dir", type=Path, default=None)
+    parser.add_argument(
+        "--checkpoint-dir", type=Path, default=None, help="restore experts from here; save them here"
+    )
+    parser.add_argument(
+        "--checkpoint-period",
+        type=float,
+        default=60.0,
+        help="seconds between checkpoints of the experts that trained (a crash loses at most this)",
+    )
     parser.add_argument("--max-batch-size", type=int, default=4096)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--clip-grad-norm", type=float, default=None)

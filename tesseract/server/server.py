@@ -39,12 +39,18 @@ class ExpertServer:
         dht: DHTNode | None = None,
         update_period: float = 30.0,
         checkpoint_dir: Path | None = None,
+        checkpoint_period: float = 60.0,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         fault_rate: float = 0.0,
         faulty_kinds: Sequence[str] = (FORWARD, BACKWARD),
     ) -> None:
-        """``fault_rate``: the share of requests of ``faulty_kinds`` answered with an injected
-        ``unavailable`` error (drawn from the host's seeded random), to test trainers against failures."""
+        """``checkpoint_dir``: experts are restored from it at start, and saved to it every
+        ``checkpoint_period`` seconds (those that trained since) and at shutdown, so a crash loses at
+        most one period of training. ``fault_rate``: the share of requests of ``faulty_kinds``
+        answered with an injected ``unavailable`` error (drawn from the host's seeded random), to test
+        trainers against failures."""
+        if not checkpoint_period > 0:
+            raise ValueError(f"checkpoint_period must be positive, got {checkpoint_period}")
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be within [0, 1], got {fault_rate}")
         self.fault_rate = fault_rate
@@ -54,6 +60,8 @@ class ExpertServer:
         self.dht = dht
         self.update_period = update_period
         self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_period = checkpoint_period
+        self.checkpoints_saved = 0
         self.runtime = Runtime(host, backends)
         router = Router()
         router.add("expert.info", wire.InfoRequest, self._on_info)
@@ -97,6 +105,8 @@ class ExpertServer:
             await nursery.start(server.rpc.serve)
             if server.dht is not None:
                 await nursery.start(server._announce)
+            if server.checkpoint_dir is not None:
+                nursery.start_soon(server._checkpoint_periodically)
             try:
                 yield server
             finally:
@@ -107,9 +117,27 @@ class ExpertServer:
         """Stop announcing and accepting, finish what is in flight, save checkpoints."""
         self.accepting = False
         await self._idle.wait()
-        if self.checkpoint_dir is not None:
-            for backend in self.backends.values():
+        await self.save_checkpoints()
+
+    async def save_checkpoints(self) -> int:
+        """Save every expert that trained since its last checkpoint; how many were saved."""
+        if self.checkpoint_dir is None:
+            return 0
+        saved = 0
+        for backend in self.backends.values():
+            if backend.saved_steps != backend.steps or backend.step_pending:
                 await self.host.compute(backend.save, self.checkpoint_dir)
+                saved += 1
+        self.checkpoints_saved += saved
+        return saved
+
+    async def _checkpoint_periodically(self) -> None:
+        while True:
+            await trio.sleep(self.checkpoint_period)
+            try:
+                await self.save_checkpoints()
+            except OSError as exc:  # a full disk must not stop the serving; the next period retries
+                logger.error("periodic checkpoint failed: %s", exc)
 
     async def _announce(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Declare our experts every ``update_period``, each declaration valid for twice that."""

@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--update-period", type=float, default=10.0, help="servers' DHT announcement period")
     parser.add_argument("--log-file", type=Path, default=None, help="servers' output (default: discarded)")
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="servers restore their experts from here and save them periodically and on exit",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the run's summary here")
     add_mixture_arguments(parser)
     add_training_arguments(parser)
@@ -90,6 +96,7 @@ def run(options: argparse.Namespace) -> int:
                     seed=options.seed,
                     update_period=options.update_period,
                     log=log,
+                    checkpoint_dir=options.checkpoint_dir,
                 )
             )
         except (ValueError, NodeProcessError) as exc:
