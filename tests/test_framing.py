@@ -6,11 +6,11 @@ import contextlib
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tesseract.net.errors import FrameTooLarge, ProtocolError
-from tesseract.net.framing import FrameDecoder
+from tesseract.net.framing import DEFAULT_MAX_FRAME_SIZE, GROWTH, MIN_GROWTH, FrameDecoder
 from tesseract.net.messages import FRAME_HEADER, WIRE_VERSION, Request, encode_frame, split_body
 from tests.service import Add
 
@@ -48,21 +48,71 @@ def test_any_split_of_the_byte_stream_gives_the_same_frames(bodies: list[bytes],
     assert not decoder.has_partial_frame
 
 
+def receive_into_tail(decoder: FrameDecoder, piece: bytes) -> None:
+    """What FrameReader does with bytes for an unfinished frame: grow its buffer, then fill the tail."""
+    while piece:
+        tail = decoder.writable_tail()
+        assert tail is not None
+        if not tail:
+            decoder.grow()
+            continue
+        take = min(len(tail), len(piece))
+        tail[:take] = piece[:take]
+        decoder.advance(take)
+        piece = piece[take:]
+
+
 @given(body=st.binary(min_size=1, max_size=200_000), cuts=st.lists(st.integers(0, 200_010), max_size=10))
 def test_receive_into_the_tail_matches_feeding(body: bytes, cuts: list[int]) -> None:
-    """The zero-copy path (writable_tail + advance) assembles the same frame as feed()."""
+    """The zero-copy path (writable_tail + grow + advance) assembles the same frame as feed()."""
     data = raw_frame(body)
     decoder = FrameDecoder()
     decoder.feed(data[: FRAME_HEADER.size + 1])
     rest = data[FRAME_HEADER.size + 1 :]
     for piece in split_at(rest, cuts):
-        tail = decoder.writable_tail()
-        if tail is None:
-            break
-        tail[: len(piece)] = piece
-        decoder.advance(len(piece))
+        receive_into_tail(decoder, piece)
     frame = decoder.next_frame()
     assert frame is not None and bytes(frame.body) == body
+    assert decoder.buffered == 0
+
+
+def test_a_header_claiming_the_largest_frame_costs_nothing_until_bytes_arrive() -> None:
+    """Defect 1: a 7-byte header claiming 256 MiB took 256 MiB at once."""
+    decoder = FrameDecoder()
+    decoder.feed(struct.pack(">IBH", DEFAULT_MAX_FRAME_SIZE, WIRE_VERSION, 0) + b"x" * 100)
+    assert decoder.claimed == DEFAULT_MAX_FRAME_SIZE
+    assert decoder.buffered == 100
+    decoder.feed(b"y" * 1000)
+    assert decoder.buffered <= GROWTH * (1100 + MIN_GROWTH)
+
+
+@settings(max_examples=30)
+@given(
+    size=st.integers(1, 3 << 20),
+    pieces=st.lists(st.integers(1, 300_000), min_size=1, max_size=40),
+    zero_copy=st.lists(st.booleans(), min_size=1, max_size=40),
+)
+def test_memory_follows_the_bytes_received_not_the_bytes_claimed(
+    size: int, pieces: list[int], zero_copy: list[bool]
+) -> None:
+    """At every step, the unfinished frame holds at most GROWTH times what arrived of it, plus a step."""
+    decoder = FrameDecoder()
+    decoder.feed(struct.pack(">IBH", size, WIRE_VERSION, 0))
+    received = 0
+    for i, count in enumerate(pieces):
+        count = min(count, size - received)
+        if zero_copy[i % len(zero_copy)]:
+            receive_into_tail(decoder, b"z" * count)
+        else:
+            decoder.feed(b"z" * count)
+        received += count
+        if received == size:
+            break
+        assert decoder.buffered <= GROWTH * (received + MIN_GROWTH)
+        assert decoder.missing == size - received
+    if received == size:
+        frame = decoder.next_frame()
+        assert frame is not None and len(frame.body) == size and decoder.buffered == 0
 
 
 def test_oversized_frame_is_rejected_from_its_header_alone() -> None:

@@ -112,8 +112,11 @@ def test_unreachable_peer_is_a_clear_error(world: World) -> None:
         address = dead.address
         await world.crash(dead)
         async with RPCClient(await world.new_host()) as client:
-            with pytest.raises((PeerUnavailable, CallTimeout)):
+            # A refused connection is a refusal, known at once: never a wait for the deadline.
+            started = trio.current_time()
+            with pytest.raises(PeerUnavailable):
                 await client.call(address, "add", Add(1, 1), Sum, timeout=2)
+            assert trio.current_time() - started < 1
 
     world.run(main)
 
@@ -125,7 +128,7 @@ def test_reconnects_after_the_peer_restarts(world: World) -> None:
         async with RPCClient(await world.new_host()) as client:
             assert (await client.call(address, "add", Add(1, 2), Sum, timeout=5)).value == 3
             await world.crash(server_host)
-            with pytest.raises((PeerUnavailable, CallTimeout)):
+            with pytest.raises(PeerUnavailable):
                 await client.call(address, "add", Add(1, 2), Sum, timeout=1)
             restarted = await world.restart(server_host)
             world.start(restarted, RPCServer(restarted, make_router()).serve)
@@ -144,7 +147,7 @@ def test_in_flight_calls_fail_fast_when_the_server_dies(world: World) -> None:
             async def slow_call() -> None:
                 try:
                     await client.call(server_host.address, "sleep", Sleep(60.0), Empty, timeout=30)
-                except (PeerUnavailable, CallTimeout) as exc:
+                except PeerUnavailable as exc:
                     failures.append(exc)
 
             started = trio.current_time()
@@ -153,7 +156,7 @@ def test_in_flight_calls_fail_fast_when_the_server_dies(world: World) -> None:
                     nursery.start_soon(slow_call)
                 await trio.sleep(0.2)
                 await world.crash(server_host)
-            assert len(failures) == 5 and all(isinstance(f, PeerUnavailable) for f in failures)
+            assert len(failures) == 5
             assert trio.current_time() - started < 5
 
     world.run(main)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import msgspec
 import pytest
 import torch
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tesseract.net import RemoteError, RPCClient, RPCServer
 from tesseract.net.errors import TensorError
 from tesseract.net.framing import FrameDecoder
 from tesseract.net.messages import Request, decode_payload, encode_frame, split_body
 from tesseract.net.tensors import DTYPES, WireTensor, deserialize_tensor, serialize_tensor
+from tests.service import Scale, Tensor, make_router
+from tests.worlds import World
 
 
 class Carrier(msgspec.Struct, tag="carrier"):
@@ -118,3 +122,23 @@ def test_negative_or_huge_shapes_fail_validation() -> None:
 def test_unsupported_dtype_is_refused_at_serialization() -> None:
     with pytest.raises(TensorError, match="cannot be sent"):
         serialize_tensor(torch.zeros(2, dtype=torch.uint16))
+
+
+def test_an_empty_tensor_with_huge_dims_is_a_bad_request_at_a_live_server(world: World) -> None:
+    """Defect 10: [0, 2**39, 2**39] reached torch ("Stride calculation overflowed": internal)."""
+
+    async def main(world: World) -> None:
+        server = await world.new_host()
+        world.start(server, RPCServer(server, make_router()).serve)
+        await trio.sleep(0.05)
+        async with RPCClient(await world.new_host()) as client:
+            for shape in ((0, 2**39, 2**39), (2**39, 0, 2**30, 2**30)):
+                huge = Scale(WireTensor("float32", shape, memoryview(b"")))
+                with pytest.raises(RemoteError) as info:
+                    await client.call(server.address, "scale", huge, Tensor, timeout=5)
+                assert info.value.code == "bad_request" and "spans more than" in info.value.message
+            fine = Scale(WireTensor("float32", (0, 2**20, 2**20), memoryview(b"")))
+            reply = await client.call(server.address, "scale", fine, Tensor, timeout=5)
+            assert deserialize_tensor(reply.tensor).shape == (0, 2**20, 2**20)
+
+    world.run(main)

@@ -6,25 +6,32 @@ The tensor helpers load torch on first use, so torch-free users (a DHT-only node
 from typing import Any
 
 from tesseract.net.address import Address, format_address, parse_address
+from tesseract.net.budget import BufferBudget
 from tesseract.net.datagram import DatagramRPC
 from tesseract.net.errors import (
     CallTimeout,
+    FrameTimeout,
     FrameTooLarge,
     NetError,
     PeerUnavailable,
     ProtocolError,
     RemoteError,
+    TensorError,
 )
 from tesseract.net.host import Bridge, Host, Stream, Transport
 from tesseract.net.messages import ErrorCode
-from tesseract.net.rpc import Router, RPCClient, RPCServer
+from tesseract.net.router import Router
+from tesseract.net.stream_client import RPCClient
+from tesseract.net.stream_server import RPCServer, ServerLimits
 
 __all__ = [
     "Address",
     "Bridge",
+    "BufferBudget",
     "CallTimeout",
     "DatagramRPC",
     "ErrorCode",
+    "FrameTimeout",
     "FrameTooLarge",
     "Host",
     "NetError",
@@ -34,6 +41,7 @@ __all__ = [
     "RPCServer",
     "RemoteError",
     "Router",
+    "ServerLimits",
     "Stream",
     "TensorError",
     "Transport",

@@ -26,7 +26,7 @@ from tesseract.net.messages import (
     encode_datagram,
     split_datagram,
 )
-from tesseract.net.rpc import Router, encode_reply
+from tesseract.net.router import Router, encode_reply
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,10 @@ class FrameTooLarge(ProtocolError):
     """A frame (or datagram) is larger than the configured hard limit."""
 
 
+class FrameTimeout(ProtocolError):
+    """A frame began to arrive and did not complete within its deadline (a peer trickling bytes)."""
+
+
 class CallTimeout(NetError, TimeoutError):
     """A call did not complete before its deadline."""
 

@@ -50,6 +50,10 @@ class Transport(abc.ABC):
     #: The address other peers reach this node at, for streams and datagrams alike.
     address: str
     max_datagram_size: int = MAX_DATAGRAM_SIZE
+    #: How many streams this node can hold open at once (its descriptors, less a reserve); None: no
+    #: limit worth knowing. A server caps its connections below it, so accepting never fails for lack
+    #: of descriptors.
+    max_streams: int | None = None
 
     @abc.abstractmethod
     async def open_stream(self, address: str) -> Stream:

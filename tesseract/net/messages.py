@@ -31,13 +31,17 @@ MethodName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
 class ErrorCode(enum.StrEnum):
+    """The errors the RPC layer itself answers with. A layer above defines its own codes and names
+    them to its ``Router`` (``error_codes``)."""
+
     BAD_REQUEST = "bad_request"  # the payload failed validation (type, dtype, shape, size)
     UNKNOWN_METHOD = "unknown_method"
     DEADLINE_EXCEEDED = "deadline_exceeded"  # the call's deadline passed (or had passed on arrival)
-    OVERLOADED = "overloaded"  # too many requests in flight on this connection
-    PROTOCOL_ERROR = "protocol_error"  # undecodable envelope or frame
+    OVERLOADED = "overloaded"  # too many requests in flight on this connection, or connections
+    PROTOCOL_ERROR = "protocol_error"  # undecodable envelope or frame, or a frame too slow to arrive
     FRAME_TOO_LARGE = "frame_too_large"
     INTERNAL = "internal"  # the handler failed; its exception text follows
+    # The DHT's and the server's codes, still here until those layers define them (issue 9).
     CLOCK_SKEW = "clock_skew"  # the sender's clock disagrees with ours beyond the allowed skew
     NOT_FOUND = "not_found"  # no such expert (or other named object) here
     UNAVAILABLE = "unavailable"  # shutting down: try another peer
@@ -69,8 +73,8 @@ _payload_decoders: dict[type, msgspec.msgpack.Decoder] = {}
 P = TypeVar("P")
 
 
-def error_reply(request_id: int, code: ErrorCode, message: str) -> ErrorReply:
-    return ErrorReply(request_id, code.value, message[:MAX_ERROR_MESSAGE])
+def error_reply(request_id: int, code: str, message: str) -> ErrorReply:
+    return ErrorReply(request_id, str(code), message[:MAX_ERROR_MESSAGE])
 
 
 def deadline_is_valid(timeout: float) -> bool:

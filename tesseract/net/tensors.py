@@ -1,7 +1,8 @@
 """Tensors on the wire: dtype name, shape, raw little-endian bytes.
 
 Decoding is zero-copy (``torch.frombuffer`` over the receive buffer) and validates everything first:
-a known dtype, non-negative dims, a bounded rank, and a byte length equal to dtype size x element count.
+a known dtype, non-negative dims, a bounded rank and extent, and a byte length equal to dtype size x
+element count.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import torch
 from tesseract.net.errors import TensorError
 
 MAX_RANK = 16
-Dim = Annotated[int, msgspec.Meta(ge=0, lt=2**40)]
+#: The most elements a wire tensor's shape may span (zero dims left out); the same bound as one dim.
+MAX_ELEMENTS = 2**40
+Dim = Annotated[int, msgspec.Meta(ge=0, lt=MAX_ELEMENTS)]
 
 #: Every dtype that may cross the network, by wire name.
 DTYPES: dict[str, torch.dtype] = {
@@ -69,9 +72,14 @@ def deserialize_tensor(message: WireTensor) -> torch.Tensor:
     dtype = DTYPES.get(message.dtype)
     if dtype is None:
         raise TensorError(f"unknown dtype {message.dtype!r}; supported: {', '.join(DTYPES)}")
-    numel = 1
+    # The dims other than zeros still set the strides torch computes, even for an empty tensor: bound
+    # their product as a tensor's size is bounded, or [0, 2**39, 2**39] overflows torch's arithmetic.
+    extent = 1
     for dim in message.shape:
-        numel *= dim
+        extent *= max(dim, 1)
+    if extent > MAX_ELEMENTS:
+        raise TensorError(f"tensor shape {list(message.shape)} spans more than {MAX_ELEMENTS} elements")
+    numel = extent if all(message.shape) else 0
     itemsize = dtype.itemsize
     expected = numel * itemsize
     if len(message.data) != expected:
