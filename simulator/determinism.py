@@ -3,7 +3,8 @@
 trio shuffles each batch of runnable tasks with a module-level ``random.Random`` (``_r``); with
 ``_ALLOW_DETERMINISTIC_SCHEDULING`` set, it first sorts the batch by task creation order, so seeding
 ``_r`` fixes the whole interleaving. These are private names (trio's own Hypothesis plugin uses
-them): trio is pinned in pyproject.toml and ``tests/test_determinism.py`` checks they still exist.
+them), so trio is pinned in pyproject.toml and ``check_trio_internals`` fails loudly if they are gone;
+``tests/test_simulator.py`` runs it, so a trio upgrade that drops them is caught by the tests.
 """
 
 from __future__ import annotations

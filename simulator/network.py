@@ -18,14 +18,11 @@ seeded (``simulator.determinism``), and every delivery and fault is folded into 
 from __future__ import annotations
 
 import gc
-import hashlib
 import heapq
 import math
 import random
-import struct
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import trio
@@ -33,36 +30,17 @@ import trio.testing
 
 from simulator.determinism import deterministic_scheduling
 from simulator.distributions import Distribution, as_distribution
+from simulator.host import SimHost
+from simulator.links import LinkProfile
+from simulator.trace import KIND_DATAGRAM, KIND_DROP, KIND_FAULT, KIND_STREAM, Event, Trace
 
 T = TypeVar("T")
 
 DEFAULT_TICK = 0.001
-_TRACE_RECORD = struct.Struct("<qBiiI")
-
-# Trace record kinds.
-KIND_STREAM, KIND_DATAGRAM, KIND_CONNECT, KIND_FAULT, KIND_DROP = range(5)
 
 
 class SimulationDeadlock(RuntimeError):
     """Every task is blocked, nothing is in flight and no timer is set: the run can never progress."""
-
-
-@dataclass
-class LinkProfile:
-    """What one link between two hosts is like."""
-
-    latency: Distribution = field(default_factory=lambda: as_distribution(0.01))
-    #: Bytes per second; None for unlimited.
-    bandwidth: float | None = None
-    #: Probability that a datagram is lost (or a stream segment needs a retransmission).
-    loss: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.latency = as_distribution(self.latency)
-        if not 0.0 <= self.loss <= 1.0:
-            raise ValueError(f"loss must be in [0, 1], got {self.loss}")
-        if self.bandwidth is not None and self.bandwidth <= 0:
-            raise ValueError(f"bandwidth must be positive, got {self.bandwidth}")
 
 
 class SimNetwork:
@@ -89,16 +67,18 @@ class SimNetwork:
         self.retransmit_delay = retransmit_delay
         #: Wall-clock time (Unix seconds) at virtual time 0, for ``host.wall_time()``.
         self.epoch = epoch
-        self.hosts: dict[str, Any] = {}
-        self._hosts_by_index: list[Any] = []
+        self.hosts: dict[str, SimHost] = {}
+        self._hosts_by_index: list[SimHost] = []
+        #: Per host index: messages and bytes it sent (stream segments and datagrams, lost ones too).
+        self.sent_messages: list[int] = []
+        self.sent_bytes: list[int] = []
         self._links: dict[tuple[int, int], LinkProfile] = {}
         self._link_free_at: dict[tuple[int, int], float] = {}
         self._group: dict[int, int] = {}  # host index -> partition group; absent = group 0
         self._held: list[tuple[int, int, Callable[..., None], Any, int]] = []
         self._due: dict[int, list[tuple[Callable[..., None], Any]]] = {}
         self._ticks: list[int] = []
-        self._hasher = hashlib.blake2b(digest_size=16)
-        self.events: list[tuple] | None = [] if record_events else None
+        self._trace = Trace(keep_events=record_events)
         self.messages_delivered = 0
         self.messages_dropped = 0
         self.nursery: trio.Nursery | None = None
@@ -108,10 +88,8 @@ class SimNetwork:
 
     # ----- hosts -------------------------------------------------------------------------------
 
-    def add_host(self, address: str | None = None, **host_options: Any):
+    def add_host(self, address: str | None = None, **host_options: Any) -> SimHost:
         """Create a host (up, with nothing running). ``address`` defaults to ``nodeN:4000``."""
-        from simulator.host import SimHost
-
         index = len(self._hosts_by_index)
         address = address or f"node{index}:4000"
         if address in self.hosts:
@@ -119,12 +97,19 @@ class SimNetwork:
         host = SimHost(self, index, address, **host_options)
         self.hosts[address] = host
         self._hosts_by_index.append(host)
+        self.sent_messages.append(0)
+        self.sent_bytes.append(0)
         return host
 
-    def add_hosts(self, count: int, **host_options: Any) -> list:
+    def traffic(self, address: str) -> tuple[int, int]:
+        """Messages and bytes the host at ``address`` has sent so far."""
+        index = self.hosts[address].index
+        return self.sent_messages[index], self.sent_bytes[index]
+
+    def add_hosts(self, count: int, **host_options: Any) -> list[SimHost]:
         return [self.add_host(**host_options) for _ in range(count)]
 
-    def host(self, address: str):
+    def host(self, address: str) -> SimHost:
         return self.hosts[address]
 
     # ----- links and faults --------------------------------------------------------------------
@@ -214,6 +199,8 @@ class SimNetwork:
         self, src: int, dst: int, nbytes: int, deliver: Callable[[Any], None], payload: Any, kind: int
     ) -> bool:
         """Send a message over the src->dst link; False if it was lost on the way."""
+        self.sent_messages[src] += 1
+        self.sent_bytes[src] += nbytes
         if not self.reachable(src, dst):
             if kind == KIND_STREAM:
                 self._held.append((src, dst, deliver, payload, nbytes))
@@ -225,29 +212,29 @@ class SimNetwork:
             self._drop(kind, src, dst, nbytes)
             return False
         self.schedule_at(when, deliver, payload)
-        self.trace(kind, src, dst, nbytes)
+        self._trace.record(self.now, kind, src, dst, nbytes)
         return True
 
     def _drop(self, kind: int, src: int, dst: int, nbytes: int) -> None:
         self.messages_dropped += 1
-        self.trace(KIND_DROP, src, dst, nbytes * 8 + kind)
+        self._trace.record(self.now, KIND_DROP, src, dst, nbytes * 8 + kind)
 
     # ----- trace -------------------------------------------------------------------------------
 
-    def trace(self, kind: int, src: int, dst: int, size: int) -> None:
-        self._hasher.update(_TRACE_RECORD.pack(round(self.now * 1e9), kind, src, dst, size & 0xFFFFFFFF))
-        if self.events is not None:
-            self.events.append((self.now, kind, src, dst, size))
-
     def trace_fault(self, what: str, host_index: int, value: int) -> None:
-        self._hasher.update(what.encode())
+        self._trace.label(what)
         if self.nursery is not None:
-            self.trace(KIND_FAULT, host_index, -1, value)
+            self._trace.record(self.now, KIND_FAULT, host_index, -1, value)
 
     @property
     def trace_hash(self) -> str:
-        """A digest of every delivery and fault so far: equal for equal runs."""
-        return self._hasher.hexdigest()
+        """A digest of every delivery and fault so far: equal for equal runs (``simulator.trace``)."""
+        return self._trace.hexdigest()
+
+    @property
+    def events(self) -> list[Event] | None:
+        """Every trace record, when the network was made with ``record_events=True``."""
+        return self._trace.events
 
     # ----- running -----------------------------------------------------------------------------
 

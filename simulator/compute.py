@@ -1,0 +1,67 @@
+"""Compute in virtual time: the cost model and the hand-off between a worker thread and the trio loop.
+
+``SimHost.compute(fn)`` runs ``fn`` in a worker thread while the calling task blocks the trio loop
+synchronously, so virtual time stands still and exactly one of them runs at any moment. If ``fn``
+calls ``bridge.run``, the worker posts the call to the blocked task, which awaits it in virtual time
+(other tasks run meanwhile) and hands the result back.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import outcome
+
+from tesseract.net.host import Bridge
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """The simulator's cost model for ``host.compute``: virtual seconds = overhead + flops / speed."""
+
+    flops_per_s: float = 1e12
+    overhead_s: float = 20e-6
+
+    def cost(self, flops: float) -> float:
+        return self.overhead_s + flops / self.flops_per_s
+
+
+class SimBridge(Bridge):
+    """Lets code inside ``SimHost.compute`` call async code, in turn with the trio loop."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def run(self, async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        channel = getattr(self._local, "channel", None)
+        if channel is None:
+            raise RuntimeError("bridge.run is only available inside host.compute in the simulator")
+        requests, replies = channel
+        requests.put(("call", (async_fn, args)))
+        return replies.get().unwrap()
+
+    async def run_in_worker(self, fn: Callable[..., T], args: tuple[Any, ...], *, thread_name: str) -> T:
+        """Run ``fn(*args)`` in a worker thread, serving its ``run`` calls, and return its result."""
+        requests: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        replies: queue.SimpleQueue[outcome.Outcome[Any]] = queue.SimpleQueue()
+        local = self._local
+
+        def work() -> None:
+            local.channel = (requests, replies)
+            requests.put(("done", outcome.capture(fn, *args)))
+
+        worker = threading.Thread(target=work, name=thread_name, daemon=True)
+        worker.start()
+        while True:
+            kind, item = requests.get()  # blocks the loop on purpose: virtual time must not move
+            if kind == "done":
+                worker.join()
+                return item.unwrap()
+            async_fn, call_args = item
+            replies.put(await outcome.acapture(async_fn, *call_args))
