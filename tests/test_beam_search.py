@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from tesseract.client.beam_search import BeamSearch
 from tesseract.client.routing import ExpertFinder
 from tesseract.dht import DHTNode
-from tesseract.dht.experts import ExpertInfo
+from tesseract.expert_uid import ExpertInfo
+from tesseract.server.announce import declare_experts
 from tests.moe_swarm import start_bootstrap
 from tests.worlds import SimWorld
 
@@ -94,7 +95,7 @@ def test_the_finder_makes_one_dht_round_per_dimension_and_caches_hits_and_misses
         boot = await start_bootstrap(world)
         host = await world.new_host()
         async with DHTNode.start(host, [boot.address], leave_gracefully=False) as node:
-            await node.declare_experts(["ffn.0.1", "ffn.2.0"], "server:1", host.wall_time() + 600)
+            await declare_experts(node, ["ffn.0.1", "ffn.2.0"], "server:1", host.wall_time() + 600)
             finder = ExpertFinder(node, cache_ttl=5)
             scores = [[[0.0, 0.0, 0.0]] * 32, [[0.0, 0.0]] * 32]
             chosen = await finder.find_best("ffn", scores, (3, 2), k_best=4)

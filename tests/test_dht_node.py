@@ -144,46 +144,6 @@ def test_bad_store_items_are_rejected_with_reasons_and_counted(world: World) -> 
     world.run(main)
 
 
-def test_expert_declarations_and_beam_search_helpers(world: World) -> None:
-    async def main(world: World) -> None:
-        nodes = await start_swarm(world, 5, FAST)
-        expiration = nodes[0].host.wall_time() + 120
-        uids = [f"ffn.{i}.{j}" for i in range(2) for j in range(3)]
-        stored = await nodes[0].declare_experts(uids, "127.0.0.1:7000", expiration)
-        assert all(stored.values())
-        await nodes[1].declare_experts(["ffn.3.9"], "127.0.0.1:7001", expiration)
-        infos = await nodes[2].get_experts(["ffn.0.1", "ffn.3.9", "ffn.2.2"])
-        assert [(i.uid, i.endpoint) if i else None for i in infos] == [
-            ("ffn.0.1", "127.0.0.1:7000"),
-            ("ffn.3.9", "127.0.0.1:7001"),
-            None,
-        ]
-        successors = await nodes[3].get_active_successors(["ffn", "ffn.0", "ffn.3", "ffn.7"], grid_size=10)
-        assert set(successors["ffn"]) == {0, 1, 3}
-        assert set(successors["ffn.0"]) == {0, 1, 2}
-        assert successors["ffn.3"] == {9: ("ffn.3.9", "127.0.0.1:7001")}
-        assert successors["ffn.7"] == {}
-        assert await nodes[4].find_alive_prefixes(["ffn.7", "ffn.1", "ffn.0"]) == ["ffn.1", "ffn.0"]
-        for bad in ("ffn", "ffn.x", "1ffn.2", "ffn.-1", "ffn.01", ""):
-            with pytest.raises(ValueError, match="expert uid"):
-                await nodes[0].declare_experts([bad], "127.0.0.1:7000", expiration)
-
-    world.run(main)
-
-
-def test_grid_size_filters_out_of_grid_successors() -> None:
-    from tests.worlds import SimWorld
-
-    async def main(world: World) -> None:
-        nodes = await start_swarm(world, 3, FAST)
-        expiration = nodes[0].host.wall_time() + 60
-        await nodes[0].declare_experts(["ffn.3.9", "ffn.3.2"], "127.0.0.1:7001", expiration)
-        successors = await nodes[1].get_active_successors(["ffn.3"], grid_size=8)
-        assert set(successors["ffn.3"]) == {2}
-
-    SimWorld(seed=1).run(main)
-
-
 def test_a_client_mode_node_asks_but_is_never_asked_or_routed_to(world: World) -> None:
     async def main(world: World) -> None:
         nodes = await start_swarm(world, 6)

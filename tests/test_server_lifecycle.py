@@ -9,6 +9,7 @@ import torch
 import trio
 
 from simulator import DeviceProfile, SimNetwork, run_simulation
+from tesseract.client.discovery import get_active_successors, get_experts
 from tesseract.dht import DHTNode
 from tesseract.net import RemoteError, RPCClient
 from tesseract.server import ExpertServer
@@ -47,13 +48,13 @@ def test_announced_renewed_shut_down_gracefully_and_restored(tmp_path: Path) -> 
             DHTNode.start(client_host, [bootstrap.address]) as reader,
             RPCClient(client_host) as client,
         ):
-            infos = await reader.get_experts(["ffn.0.0", "ffn.1.0", "ffn.9.9"])
+            infos = await get_experts(reader, ["ffn.0.0", "ffn.1.0", "ffn.9.9"])
             assert [info.endpoint if info else None for info in infos] == [server_host.address] * 2 + [None]
             found = await reader.get("ffn.0.0", latest=True)
             assert found.expiration == pytest.approx(server_host.wall_time() + 20, abs=1.5)
             await trio.sleep(35)
             assert outcome["server"].announcements >= 4  # renewed every 10 s
-            assert (await reader.get_active_successors(["ffn"], grid_size=4))["ffn"].keys() == {0, 1}
+            assert (await get_active_successors(reader, ["ffn"], grid_size=4))["ffn"].keys() == {0, 1}
 
             x, g = torch.randn(3, 16), torch.randn(3, 16)
             await backward(client, server_host.address, "ffn.0.1", [x], [g])

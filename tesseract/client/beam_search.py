@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from tesseract.dht.experts import UID_DELIMITER, ExpertInfo
+from tesseract.expert_uid import UID_DELIMITER, ExpertInfo
 
 
 class Candidate(NamedTuple):

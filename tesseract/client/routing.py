@@ -3,7 +3,7 @@
 Each step of a ``BeamSearch`` needs the live successors of many prefixes; ``ExpertFinder`` answers
 from its cache what it fetched less than ``cache_ttl`` seconds ago (misses included: a prefix with no
 live expert is remembered as empty), and fetches the rest in one batched DHT round that asks every
-replica and merges what they hold (see ``get_active_successors``).
+replica and merges what they hold (``tesseract.client.discovery.get_active_successors``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from collections.abc import Collection, Sequence
 import trio
 
 from tesseract.client.beam_search import BeamSearch, ChosenExpert
-from tesseract.dht.experts import ExpertInfo, get_active_successors
-from tesseract.dht.node import DHTNode
+from tesseract.client.discovery import get_active_successors
+from tesseract.dht import DHTNode
+from tesseract.expert_uid import ExpertInfo
 
 Successors = dict[int, ExpertInfo]
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from tesseract.console import say
 from tesseract.dht.node import BootstrapError, DHTConfig, DHTNode
 from tesseract.net.real import RealHost
 
@@ -42,10 +43,6 @@ def run(options: argparse.Namespace) -> int:
     except BootstrapError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-
-def say(line: str) -> None:
-    print(line, flush=True)
 
 
 async def _main(options: argparse.Namespace) -> int:

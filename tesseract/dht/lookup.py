@@ -3,7 +3,9 @@
 The caller asks ``next_peers()`` for whom to query (at most ``alpha`` in flight), reports each answer
 with ``on_response`` or ``on_failure``, and stops when ``done``. A node lookup ends when the ``k``
 closest peers known have all answered or failed; a value lookup ends as soon as an answer carries a
-fresh enough record (``is_fresh``), or else the same way, keeping the newest record seen.
+fresh enough record (``is_fresh``), or else the same way, keeping the newest record seen. A peer that
+holds the record but could not serve it whole is reported with ``unreadable``; the caller decides
+what a lookup that found nothing else means.
 """
 
 from __future__ import annotations
@@ -11,23 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from tesseract.dht.ids import NodeID
+from tesseract.dht.records import merge_records
 from tesseract.dht.routing import Peer
 from tesseract.dht.storage import Record
 
 NEW, INFLIGHT, ANSWERED, FAILED = range(4)
-
-
-def merge_records(a: Record | None, b: Record | None) -> Record | None:
-    """The newest of two views of one key: per sub-key for dictionaries, whole for plain values."""
-    if a is None or b is None:
-        return a or b
-    if a.is_dictionary and b.is_dictionary:
-        merged = dict(a.subkeys)
-        for subkey, entry in b.subkeys.items():
-            if subkey not in merged or entry.expiration > merged[subkey].expiration:
-                merged[subkey] = entry
-        return Record(None, merged)
-    return a if a.expiration >= b.expiration else b
 
 
 class Lookup:
@@ -53,7 +43,8 @@ class Lookup:
         self.inflight = 0
         self.record: Record | None = None
         self.found_at_round: int | None = None  # request round (1 = first peers asked) of a fresh value
-        self.lacking: list[Peer] = []  # answered without the value, closest first when done
+        self.lacking: list[Peer] = []  # answered without the value, in the order they answered
+        self.unreadable: list[Peer] = []  # hold the value but could not serve it whole
         self._finished_early = False
 
     def add_candidates(self, peers: Iterable[Peer], depth: int = 1) -> None:
@@ -87,13 +78,18 @@ class Lookup:
                 chosen.append(Peer(node_id, self.addresses[node_id]))
         return chosen
 
-    def on_response(self, peer: NodeID, closer: Iterable[Peer], record: Record | None) -> None:
+    def on_response(
+        self, peer: NodeID, closer: Iterable[Peer], record: Record | None, *, unreadable: bool = False
+    ) -> None:
         if self.state.get(peer) != INFLIGHT:
             return
         self.state[peer] = ANSWERED
         self.inflight -= 1
         self.add_candidates(closer, depth=self.depth[peer] + 1)
         if not self.want_value:
+            return
+        if unreadable:
+            self.unreadable.append(Peer(peer, self.addresses[peer]))
             return
         if record is None:
             self.lacking.append(Peer(peer, self.addresses[peer]))

@@ -1,10 +1,11 @@
-"""A Kademlia DHT node over a host: datagram RPCs, lookups, replication, and maintenance.
+"""A Kademlia DHT node over a host: its lifecycle, its API, lookups, replication and maintenance.
 
 Open one with ``async with DHTNode.start(host, initial_peers=[...]) as node``. It serves ``ping``,
-``store`` (many items per call) and ``find`` (closest nodes and, optionally, the value, for many keys
-per call) on the host's datagram endpoint, and keeps its routing table and records fresh in the
-background: stale buckets are refreshed, held records are republished to the nodes now closest to
-them, and found values are cached at the closest node that lacked them.
+``store`` and ``find`` on the host's datagram endpoint (``handlers.RequestHandler``), and keeps its
+routing table and records fresh in the background: stale buckets are refreshed, held records are
+republished to the nodes now closest to them, and found values are cached at the closest node that
+lacked them. As an asker it keeps the address tokens peers give it (so their finds answer in full),
+reads records larger than one reply page by page, and paces its stores when a peer says "flood".
 """
 
 from __future__ import annotations
@@ -12,22 +13,32 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 import trio
 
 from tesseract.concurrency import background_nursery
-from tesseract.dht import experts
 from tesseract.dht import protocol as wire
+from tesseract.dht.config import DHTConfig
+from tesseract.dht.errors import BootstrapError, DHTError, DHTErrorCode, RecordUnavailable
+from tesseract.dht.handlers import RequestHandler
 from tesseract.dht.ids import ID_BITS, NodeID, id_from_bytes, id_to_bytes, key_id, random_id
-from tesseract.dht.lookup import Lookup, merge_records
+from tesseract.dht.lookup import Lookup
+from tesseract.dht.policy import Blacklist
+from tesseract.dht.records import (
+    Found,
+    items_from_record,
+    merge_records,
+    record_from_message,
+    to_found,
+)
 from tesseract.dht.routing import Peer, RoutingTable
-from tesseract.dht.storage import Entry, Record, RecordStore
-from tesseract.net import DatagramRPC, ErrorCode, NetError, RemoteError, Router
+from tesseract.dht.storage import Record, RecordStore
+from tesseract.dht.tokens import smallest_request_for
+from tesseract.net import DatagramRPC, NetError, RemoteError, Router
 from tesseract.net.address import parse_address
 from tesseract.net.host import Host
 
@@ -35,62 +46,19 @@ logger = logging.getLogger(__name__)
 
 Key = str | bytes
 
-
-class DHTError(Exception):
-    """A DHT operation could not be carried out."""
-
-
-class BootstrapError(DHTError):
-    """None of the initial peers answered."""
-
-
-class Found(NamedTuple):
-    """A record read from the DHT: a plain ``value``, or for a dictionary record (``subkeys`` is not
-    None) its live entries, each a ``Found`` of its own, with ``value`` None."""
-
-    value: Any
-    expiration: float
-    subkeys: dict[Any, Found] | None = None
-
-    @property
-    def is_dictionary(self) -> bool:
-        return self.subkeys is not None
-
-
-@dataclass(frozen=True)
-class DHTConfig:
-    k: int = 20
-    alpha: int = 3
-    #: Each record is stored on this many of the nodes closest to its key.
-    num_replicas: int = 8
-    #: Budget of one request (its one retry included).
-    request_timeout: float = 1.0
-    retries: int = 1
-    #: Budget of a whole store or get.
-    operation_timeout: float = 10.0
-    max_clock_skew: float = 5.0
-    #: Records may not expire further than this in the future.
-    max_ttl: float = 7 * 24 * 3600.0
-    refresh_interval: float = 600.0
-    republish_interval: float = 300.0
-    #: Store items accepted per second from one peer (token bucket), and the burst allowed.
-    store_rate: float = 200.0
-    store_burst: float = 2_000.0
-    blacklist_base: float = 1.0
-    blacklist_max: float = 60.0
-    max_records: int = 100_000
-    max_record_bytes: int = 256 * 1024 * 1024
-    max_value_size: int = 4_096
-    cache_found_values: bool = True
-    #: A node that only asks: it serves no requests, holds no records, and tells every peer so (an
-    #: empty sender id), so it never enters a routing table. For trainers, which come and go.
-    client_mode: bool = False
-
-
 _encode = msgspec.msgpack.encode
-_decode = msgspec.msgpack.decode
-#: What a find reply may spend on records, leaving room for the node lists and framing.
-REPLY_RECORD_BUDGET = 40_000
+#: Address tokens remembered per peer address; the oldest is forgotten first (it costs one retry).
+MAX_KNOWN_TOKENS = 4_096
+#: A record read page by page stops (as unreadable) past this many pages or sub-keys.
+MAX_PAGES_PER_RECORD = 256
+MAX_SUBKEYS_PER_RECORD = 65_536
+#: The longest a store waits, per round, on a peer's ``retry_after`` (the peer's word is untrusted).
+#: Store requests one node keeps in flight to one peer.
+STORES_IN_FLIGHT_PER_PEER = 8
+MAX_STORE_PACING = 5.0
+#: What a first find expects back besides the nodes: a reply's own fields, and a small value per key.
+REPLY_FIXED_BYTES = 80
+EXPECTED_VALUE_BYTES = 128
 
 
 class DHTNode:
@@ -106,17 +74,25 @@ class DHTNode:
             max_bytes=self.config.max_record_bytes,
             max_value_size=self.config.max_value_size + 256,
         )
-        router = Router()
-        if not self.config.client_mode:  # a client answers nothing: unknown_method to all
-            router.add("dht.ping", wire.PingRequest, self._on_ping)
-            router.add("dht.store", wire.StoreRequest, self._on_store)
-            router.add("dht.find", wire.FindRequest, self._on_find)
-        self.rpc = DatagramRPC(host, router)
         self.stats: Counter[str] = Counter()
-        self._blacklist: dict[str, tuple[float, float]] = {}  # address -> (until, last backoff)
-        self._store_tokens: dict[str, tuple[float, float]] = {}  # address -> (tokens, at time)
+        self.blacklist = Blacklist(self.config.blacklist_base, self.config.blacklist_max)
         self._last_refreshed: dict[NodeID, float] = {}  # key -> when someone last (re)stored it here
         self._published: dict[tuple[NodeID, bytes | None], wire.StoreItem] = {}  # our own records
+        self._peer_tokens: dict[str, bytes] = {}  # address -> the token that peer last gave us
+        self.handler = RequestHandler(
+            host=host,
+            node_id=self.node_id,
+            config=self.config,
+            routing=self.routing,
+            storage=self.storage,
+            observe=self._observe,
+            refreshed=self._last_refreshed,
+            stats=self.stats,
+        )
+        router = Router(error_codes=DHTErrorCode)
+        if not self.config.client_mode:  # a client answers nothing: unknown_method to all
+            self.handler.register(router)
+        self.rpc = DatagramRPC(host, router)
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -190,13 +166,16 @@ class DHTNode:
         store_items = [self._make_item(*item) for item in items]
         for item in store_items:
             self._published[(id_from_bytes(item.key), item.subkey)] = item
-        with trio.move_on_after(self.config.operation_timeout):
+        # Replicas accept store_rate items a second from one address: a large batch takes its time.
+        budget = self.config.operation_timeout + len(store_items) / self.config.store_rate
+        with trio.move_on_after(budget):
             return await self._replicate(store_items, exclude_self=False)
         return [False] * len(store_items)
 
     async def get(self, key: Key, *, latest: bool = False, use_local: bool = True) -> Found | None:
         """The value under ``key``, or None. ``latest`` asks every replica and merges the newest;
-        ``use_local=False`` ignores what this node holds itself and asks the network."""
+        ``use_local=False`` ignores what this node holds itself and asks the network.
+        ``RecordUnavailable`` if peers hold the record but none could serve it whole."""
         return (await self.get_many([key], latest=latest, use_local=use_local))[key]
 
     async def get_many(
@@ -205,6 +184,7 @@ class DHTNode:
         now = self.host.wall_time()
         records: dict[NodeID, Record | None] = {}
         targets: list[NodeID] = []
+        unreadable: dict[NodeID, list[Peer]] = {}
         for key in keys:
             target = key_id(key)
             local = self.storage.get(target, now) if use_local else None
@@ -231,7 +211,15 @@ class DHTNode:
                     self.stats["get_rounds"] += lookup.found_at_round or 0
                     self.stats["gets_found"] += 1
                     self._cache_at_closest_lacking(target, lookup)
-        return {key: self._to_found(records[key_id(key)], now) for key in keys}
+                elif lookup.unreadable:
+                    unreadable[target] = lookup.unreadable
+        found = {key: to_found(records[key_id(key)], now) for key in keys}
+        for key in keys:
+            holders = unreadable.get(key_id(key))
+            if holders and records[key_id(key)] is None:
+                self.stats["gets_unreadable"] += 1
+                raise RecordUnavailable(key, [peer.address for peer in holders])
+        return found
 
     async def find_nodes(self, target: NodeID) -> list[Peer]:
         """The k nodes closest to ``target`` that answered, closest first."""
@@ -241,26 +229,11 @@ class DHTNode:
         return lookup.closest()
 
     async def ping(self, address: str) -> bool:
-        response = await self._call(
-            address, "dht.ping", wire.PingRequest(self._sender_id, self.host.wall_time()), wire.PingResponse
-        )
+        """Whether a node answers at ``address``; the one we knew there is dropped if none does."""
+        request = wire.PingRequest(self._sender_id, self.host.wall_time())
+        known = self.routing.node_at(address)
+        response = await self._call(address, "dht.ping", request, wire.PingResponse, expected_id=known)
         return response is not None
-
-    # ----- experts (see tesseract.dht.experts) -------------------------------------------------
-
-    async def declare_experts(self, uids: Sequence[str], endpoint: str, expiration: float) -> dict[str, bool]:
-        return await experts.declare_experts(self, uids, endpoint, expiration)
-
-    async def get_experts(self, uids: Sequence[str]) -> list[experts.ExpertInfo | None]:
-        return await experts.get_experts(self, uids)
-
-    async def get_active_successors(
-        self, prefixes: Sequence[str], grid_size: int | None = None
-    ) -> dict[str, dict[int, experts.ExpertInfo]]:
-        return await experts.get_active_successors(self, prefixes, grid_size)
-
-    async def find_alive_prefixes(self, prefixes: Iterable[str]) -> list[str]:
-        return await experts.find_alive_prefixes(self, prefixes)
 
     # ----- lookups -----------------------------------------------------------------------------
 
@@ -270,59 +243,112 @@ class DHTNode:
         for target, lookup in lookups.items():
             lookup.add_candidates(self.routing.nearest(target, self.config.k))
             self.routing.lookup_performed(target, now)
+        unfinished = {target for target, lookup in lookups.items() if not lookup.done}
         async with trio.open_nursery() as nursery:
 
-            def launch() -> None:
-                if all(lookup.done for lookup in lookups.values()):
+            def launch(changed: Iterable[Lookup]) -> None:
+                """Send what the lookups that just heard back (only they changed) want sent next."""
+                batches: dict[Peer, list[Lookup]] = {}
+                for lookup in changed:
+                    if lookup.done:
+                        unfinished.discard(lookup.target)
+                        continue
+                    for peer in lookup.next_peers():
+                        batches.setdefault(peer, []).append(lookup)
+                if not unfinished:
                     # Every lookup has its answer: stop waiting for stragglers (a dead peer's timeout).
                     nursery.cancel_scope.cancel()
                     return
-                batches: dict[Peer, list[Lookup]] = {}
-                for lookup in lookups.values():
-                    for peer in lookup.next_peers():
-                        batches.setdefault(peer, []).append(lookup)
                 for peer, group in batches.items():
                     for start in range(0, len(group), wire.MAX_KEYS_PER_FIND):
                         nursery.start_soon(
                             self._query, peer, group[start : start + wire.MAX_KEYS_PER_FIND], launch
                         )
 
-            launch()
+            launch(list(lookups.values()))
 
-    async def _query(self, peer: Peer, group: list[Lookup], launch) -> None:
+    async def _query(
+        self, peer: Peer, group: list[Lookup], launch: Callable[[Iterable[Lookup]], None]
+    ) -> None:
         want_values = any(lookup.want_value for lookup in group)
-        request = wire.FindRequest(
-            self._sender_id,
-            self.host.wall_time(),
-            [id_to_bytes(lookup.target) for lookup in group],
-            want_values,
-        )
-        response = await self._call(
-            peer.address, "dht.find", request, wire.FindResponse, expected_id=peer.node_id
-        )
+        response = await self._find(peer, [lookup.target for lookup in group], want_values)
         if response is None or len(response.results) != len(group):
             for lookup in group:
                 lookup.on_failure(peer.node_id)
         else:
-            retry_alone = []
             for lookup, result in zip(group, response.results, strict=True):
-                if result.truncated and len(group) > 1:
-                    retry_alone.append(lookup)
-                    continue
-                lookup.on_response(peer.node_id, self._peers_from(result.nodes), _record_from(result.record))
-            for lookup in retry_alone:
-                request = wire.FindRequest(
-                    self._sender_id, self.host.wall_time(), [id_to_bytes(lookup.target)], True
+                record, unreadable = record_from_message(result.record), False
+                if result.more and lookup.want_value:
+                    record, unreadable = await self._read_pages(peer, lookup.target, record)
+                lookup.on_response(
+                    peer.node_id, self._peers_from(result.nodes), record, unreadable=unreadable
                 )
-                single = await self._call(peer.address, "dht.find", request, wire.FindResponse)
-                if single is None or len(single.results) != 1:
-                    lookup.on_failure(peer.node_id)
-                else:
-                    result = single.results[0]
-                    lookup.on_response(
-                        peer.node_id, self._peers_from(result.nodes), _record_from(result.record)
-                    )
-        launch()
+        launch(group)
+
+    async def _read_pages(
+        self, peer: Peer, target: NodeID, record: Record | None
+    ) -> tuple[Record | None, bool]:
+        """Read the rest of a record whose first page (``record``, or None if nothing fit) came in a
+        find reply: (the whole record, False), or (None, True) if the peer could not serve it whole."""
+        cursor = max(record.subkeys) if record is not None and record.is_dictionary else None
+        subkeys = len(record.subkeys) if record is not None else 0
+        for _ in range(MAX_PAGES_PER_RECORD):
+            response = await self._find(peer, [target], True, after=cursor)
+            if response is None or len(response.results) != 1:
+                break
+            result = response.results[0]
+            page = record_from_message(result.record)
+            if page is None:
+                if result.more:
+                    break  # nothing fits even alone: this peer cannot serve it
+                return record, False
+            if page.is_dictionary:
+                last = max(page.subkeys)
+                if cursor is not None and last <= cursor:
+                    break  # no progress: a broken or hostile peer
+                cursor = last
+                subkeys += len(page.subkeys)
+            record = merge_records(record, page)
+            if not result.more or not page.is_dictionary:
+                return record, False
+            if subkeys > MAX_SUBKEYS_PER_RECORD:
+                break
+        self.stats["records_unreadable"] += 1
+        return None, True
+
+    async def _find(
+        self, peer: Peer, targets: list[NodeID], want_values: bool, *, after: bytes | None = None
+    ) -> wire.FindResponse | None:
+        """One find, sent again at once with the token if the peer answered "limited" without one."""
+        for _ in range(2):
+            token = self._peer_tokens.get(peer.address, b"")
+            request = wire.FindRequest(
+                self._sender_id,
+                self.host.wall_time(),
+                [id_to_bytes(target) for target in targets],
+                want_values,
+                token,
+                after,
+            )
+            if not token:
+                request.padding = self._padding(request, peer.address)
+            response = await self._call(
+                peer.address, "dht.find", request, wire.FindResponse, expected_id=peer.node_id
+            )
+            if response is None or not response.limited:
+                return response
+            self.stats["finds_retried_with_token"] += 1
+        return None  # it will not take the token it gave us (our address changed?): count as failed
+
+    def _padding(self, request: wire.FindRequest, address: str) -> bytes:
+        """Zeros enough for a peer that does not know our address yet to send the reply we expect:
+        ``k`` nodes per key with addresses like its own, and a small value (QUIC pads its first
+        packets for the same reason)."""
+        node_bytes = 24 + len(address.encode()) + 4
+        per_key = 8 + self.config.k * node_bytes + (EXPECTED_VALUE_BYTES if request.want_values else 0)
+        expected = REPLY_FIXED_BYTES + len(request.keys) * per_key
+        missing = smallest_request_for(expected) - len(_encode(request))
+        return bytes(min(max(0, missing + 1), wire.MAX_PADDING))
 
     def _peers_from(self, refs: list[wire.NodeRef]) -> list[Peer]:
         peers = []
@@ -345,9 +371,10 @@ class DHTNode:
             )
         if not math.isfinite(expiration):
             raise ValueError(f"expiration must be a finite Unix time, got {expiration}")
-        return wire.StoreItem(
-            id_to_bytes(key_id(key)), None if subkey is None else _encode(subkey), encoded, expiration
-        )
+        encoded_subkey = None if subkey is None else _encode(subkey)
+        if encoded_subkey is not None and len(encoded_subkey) > 256:
+            raise ValueError(f"a sub-key encodes to at most 256 bytes, not {len(encoded_subkey)}")
+        return wire.StoreItem(id_to_bytes(key_id(key)), encoded_subkey, encoded, expiration)
 
     async def _replicate(self, items: list[wire.StoreItem], *, exclude_self: bool) -> list[bool]:
         """Find each key's closest nodes and store the item there (and here, if we are among them)."""
@@ -373,18 +400,42 @@ class DHTNode:
                 per_peer.setdefault(peer, []).append(index)
 
         async def send(peer: Peer, indices: list[int]) -> None:
-            for start in range(0, len(indices), wire.MAX_ITEMS_PER_STORE):
-                chunk = indices[start : start + wire.MAX_ITEMS_PER_STORE]
-                request = wire.StoreRequest(self._sender_id, self.host.wall_time(), [items[i] for i in chunk])
-                response = await self._call(
-                    peer.address, "dht.store", request, wire.StoreResponse, expected_id=peer.node_id
-                )
-                if response is None or len(response.results) != len(chunk):
-                    continue
-                for i, result in zip(chunk, response.results, strict=True):
-                    # "outdated" means the replica already holds this or a newer version: that counts.
-                    if result in ("stored", "outdated"):
-                        accepted[i] = True
+            # A few requests in flight per peer: one at a time, a node storing thousands of
+            # records would wait a round trip per 32 items.
+            limiter = trio.CapacityLimiter(STORES_IN_FLIGHT_PER_PEER)
+            while indices:
+                flooded: list[int] = []
+                wait = 0.0
+
+                async def send_chunk(chunk: list[int], flooded: list[int]) -> None:
+                    nonlocal wait
+                    request = wire.StoreRequest(
+                        self._sender_id, self.host.wall_time(), [items[i] for i in chunk]
+                    )
+                    async with limiter:
+                        response = await self._call(
+                            peer.address, "dht.store", request, wire.StoreResponse, expected_id=peer.node_id
+                        )
+                    if response is None or len(response.results) != len(chunk):
+                        return
+                    for i, result in zip(chunk, response.results, strict=True):
+                        # "outdated": the replica already holds this or a newer version; that counts.
+                        if result in ("stored", "outdated"):
+                            accepted[i] = True
+                        elif result == "flood":
+                            flooded.append(i)
+                    if math.isfinite(response.retry_after):
+                        wait = max(wait, response.retry_after)
+
+                async with trio.open_nursery() as chunks:
+                    for start in range(0, len(indices), wire.MAX_ITEMS_PER_STORE):
+                        chunk = indices[start : start + wire.MAX_ITEMS_PER_STORE]
+                        chunks.start_soon(send_chunk, chunk, flooded)
+                # Refused for our rate: wait as long as the peer says (within reason) and send again.
+                indices = sorted(flooded)
+                if indices:
+                    self.stats["store_paced"] += len(indices)
+                    await trio.sleep(min(max(wait, 0.01), MAX_STORE_PACING))
 
         async with trio.open_nursery() as nursery:
             for peer, indices in per_peer.items():
@@ -400,8 +451,10 @@ class DHTNode:
         ):
             return
         peer = min(lookup.lacking, key=lambda p: p.node_id ^ target)
-        items = _items_from_record(target, lookup.record)[: wire.MAX_ITEMS_PER_STORE]
-        if items:
+        items = items_from_record(target, lookup.record)
+        # A record that takes more than one store request is not cached: a partial copy would be
+        # served as if it were the whole record.
+        if 0 < len(items) <= wire.MAX_ITEMS_PER_STORE:
             request = wire.StoreRequest(self._sender_id, self.host.wall_time(), items)
             self._nursery.start_soon(self._call, peer.address, "dht.store", request, wire.StoreResponse)
 
@@ -417,9 +470,7 @@ class DHTNode:
         expected_id: NodeID | None = None,
     ):
         """One request with timeout, retry, blacklist and skew checks; None if it failed."""
-        now = trio.current_time()
-        blocked = self._blacklist.get(address)
-        if blocked is not None and blocked[0] > now:
+        if self.blacklist.blocked(address, trio.current_time()):
             self.stats["blacklisted_skips"] += 1
             return None
         try:
@@ -433,7 +484,7 @@ class DHTNode:
             )
         except RemoteError as exc:
             self.stats[f"remote_{exc.code}"] += 1
-            if exc.code == ErrorCode.CLOCK_SKEW.value:
+            if exc.code == DHTErrorCode.CLOCK_SKEW:
                 self._fail(address, expected_id)
             return None
         except (NetError, OSError) as exc:
@@ -445,22 +496,23 @@ class DHTNode:
             self.stats["skewed_responses"] += 1
             self._fail(address, expected_id)
             return None
-        self._blacklist.pop(address, None)
+        self.blacklist.answered(address)
+        if response.token:
+            self._remember_token(address, response.token)
         responder = id_from_bytes(response.responder)
         if expected_id is not None and responder != expected_id:
             self.routing.contact_failed(expected_id)  # another node lives at that address now
         self._observe(responder, address)
         return response
 
+    def _remember_token(self, address: str, token: bytes) -> None:
+        tokens = self._peer_tokens
+        if address not in tokens and len(tokens) >= MAX_KNOWN_TOKENS:
+            del tokens[next(iter(tokens))]
+        tokens[address] = token
+
     def _fail(self, address: str, node_id: NodeID | None) -> None:
-        now = trio.current_time()
-        previous = self._blacklist.get(address)
-        backoff = (
-            self.config.blacklist_base
-            if previous is None
-            else min(previous[1] * 2, self.config.blacklist_max)
-        )
-        self._blacklist[address] = (now + backoff, backoff)
+        self.blacklist.failed(address, trio.current_time())
         if node_id is not None:
             self.routing.contact_failed(node_id)
 
@@ -478,81 +530,6 @@ class DHTNode:
         )
         alive = response is not None and id_from_bytes(response.responder) == peer.node_id
         self.routing.ping_result(peer.node_id, alive, trio.current_time())
-
-    # ----- handlers ----------------------------------------------------------------------------
-
-    def _accept_sender(self, sender: bytes, sent_at: float, address: str) -> NodeID | None:
-        skew = sent_at - self.host.wall_time()
-        if not math.isfinite(skew) or abs(skew) > self.config.max_clock_skew:
-            self.stats["clock_skew"] += 1
-            raise RemoteError(
-                ErrorCode.CLOCK_SKEW.value,
-                f"your clock is {skew:+.1f}s off ours (limit {self.config.max_clock_skew}s): ignored",
-            )
-        if not sender:
-            return None  # a client-mode node: answer it, but never route to it
-        if len(sender) != len(self._raw_id):
-            raise RemoteError(
-                ErrorCode.BAD_REQUEST.value, f"a sender id has {len(self._raw_id)} bytes, not {len(sender)}"
-            )
-        node_id = id_from_bytes(sender)
-        self._observe(node_id, address)
-        return node_id
-
-    async def _on_ping(self, request: wire.PingRequest, peer: str) -> wire.PingResponse:
-        self._accept_sender(request.sender, request.time, peer)
-        return wire.PingResponse(self._raw_id, self.host.wall_time())
-
-    async def _on_store(self, request: wire.StoreRequest, peer: str) -> wire.StoreResponse:
-        self._accept_sender(request.sender, request.time, peer)
-        now = self.host.wall_time()
-        allowed = self._take_store_tokens(peer, len(request.items))
-        results = []
-        for index, item in enumerate(request.items):
-            if index >= allowed:
-                reason = "flood"
-            elif not math.isfinite(item.expiration) or item.expiration > now + self.config.max_ttl:
-                reason = "too_far"
-            elif len(item.value) > self.config.max_value_size:
-                reason = "too_large"
-            else:
-                target = id_from_bytes(item.key)
-                existing = self.storage.get(target, now)
-                reason = self.storage.store(target, item.value, item.expiration, now, item.subkey).reason
-                if reason == "stored" or (existing is not None and existing.expiration == item.expiration):
-                    self._last_refreshed[target] = now
-            self.stats[f"store_{reason}"] += 1
-            results.append(reason)
-        return wire.StoreResponse(self._raw_id, self.host.wall_time(), results)
-
-    async def _on_find(self, request: wire.FindRequest, peer: str) -> wire.FindResponse:
-        sender = self._accept_sender(request.sender, request.time, peer)
-        now = self.host.wall_time()
-        budget = REPLY_RECORD_BUDGET // len(request.keys)
-        results = []
-        for raw_key in request.keys:
-            target = id_from_bytes(raw_key)
-            nodes = [
-                wire.NodeRef(id_to_bytes(p.node_id), p.address)
-                for p in self.routing.nearest(target, self.config.k, exclude=sender)
-            ]
-            record = self.storage.get(target, now) if request.want_values else None
-            message, truncated = _record_message(record, budget) if record is not None else (None, False)
-            results.append(wire.FindResult(nodes, message, truncated))
-        self.stats["finds_served"] += 1
-        return wire.FindResponse(self._raw_id, self.host.wall_time(), results)
-
-    def _take_store_tokens(self, peer: str, wanted: int) -> int:
-        """How many of ``wanted`` store items this peer may place now (token bucket per address)."""
-        now = trio.current_time()
-        tokens, at = self._store_tokens.get(peer, (self.config.store_burst, now))
-        tokens = min(self.config.store_burst, tokens + (now - at) * self.config.store_rate)
-        granted = min(wanted, int(tokens))
-        self._store_tokens[peer] = (tokens - granted, now)
-        if len(self._store_tokens) > 10_000:  # forget the quietest peers rather than grow without bound
-            for address in list(self._store_tokens)[:5_000]:
-                del self._store_tokens[address]
-        return granted
 
     # ----- maintenance -------------------------------------------------------------------------
 
@@ -575,9 +552,11 @@ class DHTNode:
     def _forget_stale_peers_and_keys(self) -> None:
         """Bookkeeping about peers and keys must not grow without bound."""
         clock = trio.current_time()
-        self._blacklist = {a: entry for a, entry in self._blacklist.items() if entry[0] > clock}
+        self.blacklist.forget_expired(clock)
+        self.handler.store_limiter.forget_refilled(clock)
         held = set(self.storage.stored_keys())
-        self._last_refreshed = {key: at for key, at in self._last_refreshed.items() if key in held}
+        for key in [key for key in self._last_refreshed if key not in held]:
+            del self._last_refreshed[key]
 
     async def republish(self) -> None:
         """Re-store what we hold (and what we published) on the nodes now closest to it.
@@ -603,52 +582,16 @@ class DHTNode:
         for target in self.storage.stored_keys():
             record = self.storage.get(target, now)
             if record is not None:
-                items.extend(_items_from_record(target, record))
+                items.extend(items_from_record(target, record))
         return items
 
-    def _to_found(self, record: Record | None, now: float) -> Found | None:
-        if record is None or record.expiration <= now:
-            return None
-        if record.value is not None:
-            return Found(_decode(record.value.value), record.value.expiration)
-        entries = {
-            _decode(subkey): Found(_decode(entry.value), entry.expiration)
-            for subkey, entry in record.subkeys.items()
-            if entry.expiration > now
-        }
-        return Found(None, record.expiration, entries) if entries else None
 
-
-def _record_from(message: wire.RecordMessage | None) -> Record | None:
-    if message is None:
-        return None
-    if message.subkeys is None:
-        if message.value is None:
-            return None
-        return Record(Entry(message.value, message.expiration))
-    return Record(None, {e.subkey: Entry(e.value, e.expiration) for e in message.subkeys})
-
-
-def _record_message(record: Record, budget: int) -> tuple[wire.RecordMessage | None, bool]:
-    """Encode a record for a find reply within ``budget`` bytes; (None, True) if it does not fit."""
-    if record.value is not None:
-        if len(record.value.value) + 16 > budget:
-            return None, True
-        return wire.RecordMessage(record.value.value, record.value.expiration), False
-    size = sum(len(s) + len(e.value) + 16 for s, e in record.subkeys.items())
-    if size > budget or len(record.subkeys) > wire.MAX_SUBKEYS_PER_RECORD:
-        return None, True
-    entries = [wire.SubEntry(s, e.value, e.expiration) for s, e in record.subkeys.items()]
-    return wire.RecordMessage(None, record.expiration, entries), False
-
-
-def _items_from_record(target: NodeID, record: Record) -> list[wire.StoreItem]:
-    raw = id_to_bytes(target)
-    if record.value is not None:
-        return [wire.StoreItem(raw, None, record.value.value, record.value.expiration)]
-    return [
-        wire.StoreItem(raw, subkey, entry.value, entry.expiration) for subkey, entry in record.subkeys.items()
-    ]
-
-
-__all__ = ["ID_BITS", "BootstrapError", "DHTConfig", "DHTError", "DHTNode", "Found"]
+__all__ = [
+    "ID_BITS",
+    "BootstrapError",
+    "DHTConfig",
+    "DHTError",
+    "DHTNode",
+    "Found",
+    "RecordUnavailable",
+]

@@ -142,6 +142,14 @@ class RoutingTable:
         )
         return [Peer(node_id, address) for _, node_id, address in heapq.nsmallest(count, candidates)]
 
+    def node_at(self, address: str) -> NodeID | None:
+        """The node we know at ``address``, if any (a pass over the table: for rare events)."""
+        for bucket in self.buckets:
+            for node_id, known in bucket.nodes.items():
+                if known == address:
+                    return node_id
+        return None
+
     def peers(self) -> list[Peer]:
         return [
             Peer(node_id, address) for bucket in self.buckets for node_id, address in bucket.nodes.items()

@@ -182,6 +182,11 @@ class RecordStore:
             heapq.heappop(heap)  # stale: overwritten or removed since
         return None
 
+    def expiration_of(self, key: NodeID, subkey: SubKey | None, now: float) -> float | None:
+        """The expiration of one live entry (a plain value for ``subkey`` None), or None."""
+        self.purge(now)
+        return self._entry_expiration(key, subkey)
+
     def _entry_expiration(self, key: NodeID, subkey: SubKey | None) -> float | None:
         record = self._records.get(key)
         if record is None:
@@ -217,14 +222,9 @@ class RecordStore:
         record.subkeys.clear()
 
     def _live_record(self, key: NodeID, now: float) -> Record | None:
-        record = self._records.get(key)
-        if record is None:
-            return None
-        if record.value is not None and record.value.expiration <= now:
-            self._remove_entry(key, None)
-        elif record.subkeys:
-            for subkey in [s for s, e in record.subkeys.items() if e.expiration <= now]:
-                self._remove_entry(key, subkey)
+        # Every live entry has its expiration in the heap, so purging drops exactly the expired
+        # ones, each once: a store into a dictionary of n sub-keys costs log n, not a pass over it.
+        self.purge(now)
         return self._records.get(key)
 
     def _account(self, entries: int, size: int) -> None:
