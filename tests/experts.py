@@ -8,6 +8,7 @@ import torch
 
 from tesseract.net import RPCClient, deserialize_tensor, serialize_tensor
 from tesseract.runtime import ExpertBackend, make_expert
+from tesseract.runtime.schema import TensorSchema
 from tesseract.server import ExpertServer
 from tesseract.server import protocol as wire
 from tests.worlds import World
@@ -64,3 +65,53 @@ def same_weights(a: ExpertBackend, b: ExpertBackend, atol: float = 1e-5) -> bool
         torch.allclose(x, y, atol=atol)
         for x, y in zip(a.module.state_dict().values(), b.module.state_dict().values(), strict=True)
     )
+
+
+# ----- hostile and misfit experts, served by a real ExpertServer as 'tests.experts:Class' ---------
+
+
+class NaNOutputs(torch.nn.Module):
+    """Answers every forward with NaN (a broken or hostile expert)."""
+
+    def __init__(self, hidden_dim: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden_dim, hidden_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) * float("nan")
+
+
+class _PoisonGradient(torch.autograd.Function):
+    """The identity forward; NaN gradients backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(grad, float("nan"))
+
+
+class NaNGradients(torch.nn.Module):
+    """Honest outputs, finite weight gradients (its own steps go on), NaN input gradients."""
+
+    def __init__(self, hidden_dim: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden_dim, hidden_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(_PoisonGradient.apply(x))
+
+
+class Widen(torch.nn.Module):
+    """Honest, but fits no mixture of width ``hidden_dim``: ``[hidden]`` in, ``[hidden + 1]`` out."""
+
+    def __init__(self, hidden_dim: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden_dim, hidden_dim + 1)
+        self.input_schema = (TensorSchema((hidden_dim,)),)
+        self.output_schema = (TensorSchema((hidden_dim + 1,)),)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)

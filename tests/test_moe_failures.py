@@ -15,6 +15,7 @@ from tesseract.net import Router, RPCServer, serialize_tensor
 from tesseract.net.host import Host
 from tesseract.runtime.schema import ExpertSchema, TensorSchema
 from tesseract.server import protocol as wire
+from tesseract.server.announce import declare_experts
 from tests.experts import local_twin, make_backend
 from tests.moe_swarm import start_bootstrap, start_expert_server
 from tests.worlds import SimWorld, World
@@ -46,7 +47,7 @@ async def start_fake_expert(world: World, uid: str, boot: Host, forward: Forward
             trio.open_nursery() as nursery,
         ):
             await nursery.start(RPCServer(host, router).serve)
-            await dht.declare_experts([uid], host.address, host.wall_time() + 600)
+            await declare_experts(dht, [uid], host.address, host.wall_time() + 600)
             ready.set()
 
     world.start(host, run)
@@ -93,7 +94,7 @@ def test_an_expert_answering_the_wrong_shape_is_named_in_the_error(world: World)
     def body(client: Client) -> None:
         moe = mixture(client, grid=(1, 1), k_best=1)
         with pytest.raises(
-            MixtureError, match=r"ffn\.0\.0: expert\.forward|ffn\.0\.0: outputs\[0\] is float32\[3, 9\]"
+            MixtureError, match=r"ffn\.0\.0: outputs\[0\] is float32\[3, 9\], expected float32\[3, 8\]"
         ):
             moe(torch.randn(3, HIDDEN))
         with pytest.raises(
@@ -105,21 +106,30 @@ def test_an_expert_answering_the_wrong_shape_is_named_in_the_error(world: World)
     run_with_client(world, setup, body)
 
 
-def test_nan_answers_count_as_failures_with_detect_anomalies(world: World) -> None:
+def test_nan_answers_are_refused_and_overflowing_ones_too_with_detect_anomalies(world: World) -> None:
     async def nan_answers(x: torch.Tensor) -> torch.Tensor:
         return torch.full_like(x, float("nan"))
 
+    async def huge_answers(x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x, 1e30)  # finite, but its norm (and any loss over it) overflows
+
     async def setup(world: World, boot: Host) -> None:
-        await start_fake_expert(world, "ffn.0.1", boot, nan_answers)
         await start_expert_server(world, [make_backend("ffn.0.0", "ffn", HIDDEN)], [boot.address])
+        await start_fake_expert(world, "ffn.0.1", boot, nan_answers)
+        await start_fake_expert(world, "ffn.0.2", boot, huge_answers)
 
     def body(client: Client) -> None:
-        careful = mixture(client, detect_anomalies=True)
+        default = mixture(client, grid=(1, 3), k_best=3, timeout_after_k_min=30.0)  # no stragglers
+        out = default(torch.randn(4, HIDDEN))
+        assert set(default.last_failures) == {"ffn.0.1"}, default.last_failures
+        assert default.last_failures["ffn.0.1"] == "outputs[0] contains NaN or infinite values"
+        assert default.stats["forward_bad_answer"] == 1
+        assert torch.isfinite(out).all() and out.abs().max() > 1e20  # the huge answer went in
+        careful = mixture(client, grid=(1, 3), k_best=3, timeout_after_k_min=30.0, detect_anomalies=True)
         out = careful(torch.randn(4, HIDDEN))
-        assert torch.isfinite(out).all()
-        assert "NaN" in careful.last_failures["ffn.0.1"]
-        trusting = mixture(client)
-        assert torch.isnan(trusting(torch.randn(4, HIDDEN))).all()
+        assert set(careful.last_failures) == {"ffn.0.1", "ffn.0.2"}, careful.last_failures
+        assert careful.last_failures["ffn.0.2"] == "answered values whose norm overflows"
+        assert out.abs().max() < 100
 
     run_with_client(world, setup, body)
 
@@ -135,8 +145,8 @@ def test_when_every_expert_is_gone_the_error_says_so_unless_zero_outputs_are_all
             MixtureError, match=r"4 of 4 samples got fewer than 1 expert answers.*ffn\.0\.0: .*failed"
         ):
             strict(torch.randn(4, HIDDEN))
+        assert not client.expert_infos  # a cold start: no expert ever answered, not even its info
         lenient = mixture(client, grid=(1, 1), k_best=1, allow_zero_outputs=True)
-        lenient._output_schema = VECTOR.outputs[0]  # learnt from an earlier answer, in real use
         x = torch.randn(4, HIDDEN, requires_grad=True)
         out = lenient(x)
         assert torch.equal(out, torch.zeros(4, HIDDEN))

@@ -15,11 +15,15 @@ class ExpertError(RuntimeError):
         "straggler",
     )
 
-    def __init__(self, uid: str, endpoint: str, reason: str, kind: str = "refused") -> None:
+    def __init__(
+        self, uid: str, endpoint: str, reason: str, kind: str = "refused", code: str | None = None
+    ) -> None:
         self.uid = uid
         self.endpoint = endpoint
         self.reason = reason
         self.kind = kind
+        #: The error code of a refusal (``bad_request``, ``overloaded``, ...); None for other kinds.
+        self.code = code
         super().__init__(f"expert {uid} at {endpoint}: {reason}")
 
 

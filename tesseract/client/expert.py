@@ -14,7 +14,7 @@ from torch import nn
 
 from tesseract.client import calls
 from tesseract.client.session import Client
-from tesseract.dht.experts import parse_uid
+from tesseract.expert_uid import parse_uid
 from tesseract.net.errors import RemoteError
 from tesseract.runtime.schema import ExpertSchema, check_batch
 from tesseract.server import protocol as wire
@@ -37,7 +37,7 @@ class RemoteExpert(nn.Module):
 
     @property
     def info(self) -> wire.InfoResponse:
-        """The server's description of this expert (schema, batch limit), fetched once."""
+        """The server's description of this expert (schema, batch limit), cached by the client."""
         return self.client.run(calls.expert_info, self.client, self.uid, self.endpoint, self.timeout)
 
     @property
@@ -51,7 +51,14 @@ class RemoteExpert(nn.Module):
 
     def check_inputs(self, inputs: list[torch.Tensor]) -> None:
         """Raise ``ValueError`` naming the problem if ``inputs`` do not fit the expert's schema."""
-        info = self.info
+        try:
+            self._check_against(self.info, inputs)
+        except ValueError:
+            # The cached schema may be that of a server since restarted with another: ask it again.
+            calls.forget_info(self.client, self.uid, self.endpoint)
+            self._check_against(self.info, inputs)
+
+    def _check_against(self, info: wire.InfoResponse, inputs: list[torch.Tensor]) -> None:
         try:
             check_batch(
                 [t.detach() for t in inputs],

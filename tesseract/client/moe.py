@@ -6,6 +6,10 @@ dimension for the whole batch, cached briefly); every chosen expert gets one req
 rows routed to it, all in parallel (``parallel.call_many``); the output of a sample is the average of
 its experts' outputs weighted by a softmax of their gate scores over the experts that answered.
 Backward runs the same way: experts that fail contribute no gradient and do not stop the step.
+
+``forward`` and ``forward_async`` are one path (``mixing`` does the arithmetic); they differ only in
+how the network part is run: through ``client.run`` from synchronous torch code, or awaited from trio.
+A subclass changes the gating rule through ``gate_scores``, ``gate_weights`` and ``result``.
 """
 
 from __future__ import annotations
@@ -19,15 +23,17 @@ import torch
 import trio
 from torch import nn
 
-from tesseract.client import calls
+from tesseract.client import calls, mixing
 from tesseract.client.beam_search import ChosenExpert
 from tesseract.client.errors import ExpertError, MixtureError
 from tesseract.client.expert import DUMMY
+from tesseract.client.mixing import Dispatch
 from tesseract.client.parallel import Call, Job, call_many
 from tesseract.client.routing import ExpertFinder
 from tesseract.client.session import Client
-from tesseract.dht.experts import UID_DELIMITER, parse_prefix
-from tesseract.runtime.schema import TensorSchema
+from tesseract.expert_uid import UID_DELIMITER, parse_prefix
+from tesseract.net.tensors import DTYPE_NAMES
+from tesseract.runtime.schema import ExpertSchema, TensorSchema
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +47,14 @@ class RemoteMixtureOfExperts(nn.Module):
 
     ``k_min``: answers each sample needs from its forward calls; ``timeout_after_k_min``: how long to
     wait for the other experts once every sample has them; ``backward_k_min``/``backward_timeout``:
-    the same for backward. ``allow_zero_outputs``: a sample that gets too few answers goes on with
-    what it got (zeros if nothing) instead of raising. ``detect_anomalies``: an expert that answers
-    NaN or inf counts as failed. ``failure_cooldown``: seconds an expert that timed out, straggled,
-    could not be reached or answered nonsense is left out of routing (a refusal is not held against it).
+    the same for backward. ``output_schema``: what one sample of every expert's output must be
+    (``[in_features]`` float32 unless given); an expert whose announced schema does not take
+    ``[in_features]`` inputs to it is that expert's failure. ``allow_zero_outputs``: a sample that
+    gets too few answers goes on with what it got (zeros if nothing) instead of raising. An answer
+    with NaN or infinite values is always that expert's failure; ``detect_anomalies`` adds the costlier
+    check that no answer's norm overflows (finite values so large that any loss over them is
+    infinite). ``failure_cooldown``: seconds an expert that timed out, straggled, could not be reached
+    or answered nonsense is left out of routing (a refusal is not held against it).
     """
 
     def __init__(
@@ -60,6 +70,7 @@ class RemoteMixtureOfExperts(nn.Module):
         timeout_after_k_min: float = 1.0,
         backward_k_min: int = 1,
         backward_timeout: float = 30.0,
+        output_schema: TensorSchema | None = None,
         allow_zero_outputs: bool = False,
         detect_anomalies: bool = False,
         beam_size: int | None = None,
@@ -81,13 +92,15 @@ class RemoteMixtureOfExperts(nn.Module):
         self.k_best, self.k_min, self.backward_k_min = k_best, k_min, backward_k_min
         self.forward_timeout, self.backward_timeout = forward_timeout, backward_timeout
         self.timeout_after_k_min = timeout_after_k_min
+        self.output_schema = output_schema if output_schema is not None else TensorSchema((in_features,))
         self.allow_zero_outputs = allow_zero_outputs
         self.detect_anomalies = detect_anomalies
         self.beam_size = beam_size
         self.failure_cooldown = failure_cooldown
         self.proj = nn.Linear(in_features, sum(self.grid_size))
         self.finder = ExpertFinder(client.require_dht(), cache_ttl=cache_ttl)
-        #: Calls and failures: forward_calls, forward_failures, backward_calls, backward_failures.
+        #: Calls and failures: forward_calls, forward_failures, backward_calls, backward_failures, and
+        #: per kind of failure (forward_timeout, backward_bad_answer, ...).
         self.stats: Counter[str] = Counter()
         #: Seconds spent (on the client's clock) routing: the beam search and its DHT rounds.
         self.routing_time = 0.0
@@ -95,58 +108,108 @@ class RemoteMixtureOfExperts(nn.Module):
         self.last_routing: list[list[ChosenExpert]] = []
         #: Failure reasons of the last forward and backward, uid -> reason.
         self.last_failures: dict[str, str] = {}
-        self._output_schema: TensorSchema | None = None
         self._cooldown: dict[str, float] = {}  # uid -> loop time until which it is left out
 
-    # ----- forward ------------------------------------------------------------------------------
+    # ----- the one path -------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = self._flatten(x)
-        logits = self.proj(flat).split(self.grid_size, dim=-1)
-        outputs, alive, coordinates = self._call_experts(flat, logits)
-        return self._mix(self._gate_weights(logits, alive, coordinates), outputs, x.shape[:-1])
+        return self._forward(x)
 
     async def forward_async(self, x: torch.Tensor) -> torch.Tensor:
         """The same mixture without autograd, for trio code (inference): ``await moe.forward_async(x)``."""
+        return await self._forward_async(x)
+
+    def _forward(self, x: torch.Tensor) -> Any:
+        flat = self._flatten(x)
+        scores = self.gate_scores(flat)
+        dispatch = self.client.run(self._dispatch, flat.detach(), scores)
+        return self._finish(x, flat, scores, dispatch)
+
+    async def _forward_async(self, x: torch.Tensor) -> Any:
         with torch.no_grad():
             flat = self._flatten(x)
-            logits = self.proj(flat).split(self.grid_size, dim=-1)
-            self.last_routing = await self._route([part.to("cpu", torch.float64) for part in logits])
-            jobs, coordinates, present = self._plan(self.last_routing, len(flat))
-            outputs, answered, _ = await self._gather(jobs, flat)
-            alive = answered & present
-            return self._mix(self._gate_weights(logits, alive, coordinates), outputs, x.shape[:-1])
+            scores = self.gate_scores(flat)
+            dispatch = await self._dispatch(flat, scores)
+            return self._finish(x, flat, scores, dispatch)
 
-    @staticmethod
-    def _gate_weights(
-        logits: Sequence[torch.Tensor], alive: torch.Tensor, coordinates: torch.Tensor
+    def _finish(
+        self, x: torch.Tensor, flat: torch.Tensor, scores: list[torch.Tensor], dispatch: Dispatch
+    ) -> Any:
+        outputs = mixing.with_backward(self._backward, dispatch, DUMMY, flat)
+        weights = self.gate_weights(scores, dispatch.coordinates, dispatch.alive)
+        return self.result(mixing.combine(weights, outputs, x.shape[:-1]), scores, dispatch)
+
+    # ----- the gating rule: what a subclass changes ---------------------------------------------
+
+    def gate_scores(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Per grid dimension, every coordinate's score ``[batch, size]``; routing takes the best sums."""
+        return list(self.proj(flat).split(self.grid_size, dim=-1))
+
+    def gate_weights(
+        self, scores: list[torch.Tensor], coordinates: torch.Tensor, alive: torch.Tensor
     ) -> torch.Tensor:
-        """Softmax of the chosen experts' gate scores over those that answered (zeros where none did)."""
-        gate = sum(part.gather(1, coordinates[:, :, d]) for d, part in enumerate(logits))
-        any_alive = alive.any(dim=1, keepdim=True)
-        gate = gate.masked_fill(~alive & any_alive, float("-inf")).masked_fill(~any_alive, 0.0)
-        return torch.softmax(gate, dim=1) * alive
+        """Each slot's weight ``[batch, k]``: a softmax over the experts that answered."""
+        return mixing.softmax_weights(scores, coordinates, alive)
+
+    def result(self, mixed: torch.Tensor, scores: list[torch.Tensor], dispatch: Dispatch) -> Any:
+        """What ``forward`` returns: the mixed output."""
+        return mixed
+
+    # ----- the network part, on the client's loop -------------------------------------------------
+
+    async def _dispatch(self, flat: torch.Tensor, scores: list[torch.Tensor]) -> Dispatch:
+        """Route, call every chosen expert, and lay out their answers."""
+        batch_size = len(flat)
+        self.last_routing = await self._route([part.detach().to("cpu", torch.float64) for part in scores])
+        jobs, coordinates = mixing.plan(self.last_routing, batch_size, self.k_best, len(self.grid_size))
+        pieces = mixing.rows_of(flat, jobs)
+        expected = self._expected_schema(flat)
+
+        async def call(index: int, job: Job) -> list[torch.Tensor]:
+            return await calls.expert_forward(
+                self.client, job.uid, job.endpoint, [pieces[index]], self.forward_timeout, expected=expected
+            )
+
+        answers = await self._fan_out("forward", jobs, call, batch_size, self.k_min, self.forward_timeout)
+        outputs, alive = mixing.lay_out(jobs, answers, batch_size, self.k_best, self.output_schema)
+        return Dispatch(coordinates, outputs, alive, [jobs[index] for index in sorted(answers)])
+
+    def _backward(self, jobs: list[Job], inputs: torch.Tensor, grad_outputs: torch.Tensor) -> torch.Tensor:
+        return self.client.run(self._backward_async, jobs, inputs, grad_outputs)
+
+    async def _backward_async(
+        self, jobs: list[Job], inputs: torch.Tensor, grad_outputs: torch.Tensor
+    ) -> torch.Tensor:
+        """The backward fan-out: each answered expert gets its slots' gradients; input gradients back."""
+        pieces = mixing.rows_of(inputs, jobs)
+        grads = mixing.slot_gradients(grad_outputs, jobs)
+        expected = self._expected_schema(inputs)
+
+        async def call(index: int, job: Job) -> list[torch.Tensor]:
+            return await calls.expert_backward(
+                self.client,
+                job.uid,
+                job.endpoint,
+                [pieces[index]],
+                [grads[index]],
+                self.backward_timeout,
+                expected=expected,
+            )
+
+        answers = await self._fan_out(
+            "backward", jobs, call, len(inputs), self.backward_k_min, self.backward_timeout
+        )
+        return mixing.scatter_gradients(jobs, answers, inputs)
+
+    def _expected_schema(self, inputs: torch.Tensor) -> ExpertSchema:
+        """What an expert must announce to be of use here: our rows in, our output schema out."""
+        rows = TensorSchema((self.in_features,), DTYPE_NAMES[inputs.dtype])
+        return ExpertSchema((rows,), (self.output_schema,))
 
     def _flatten(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected inputs with {self.in_features} features, got shape {list(x.shape)}")
         return x.reshape(-1, self.in_features)
-
-    def _call_experts(
-        self, flat: torch.Tensor, logits: Sequence[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Route, call, gather: outputs ``[batch, k, ...]``, which slots answered, their coordinates."""
-        scores = [part.detach().to("cpu", torch.float64) for part in logits]
-        self.last_routing = self.client.run(self._route, scores)
-        jobs, coordinates, present = self._plan(self.last_routing, len(flat))
-        outputs, answered = _MixtureCall.apply(self, jobs, DUMMY, flat)
-        return outputs, answered & present, coordinates
-
-    @staticmethod
-    def _mix(weights: torch.Tensor, outputs: torch.Tensor, leading: torch.Size) -> torch.Tensor:
-        weights = weights.reshape(*weights.shape, *([1] * (outputs.dim() - 2))).to(outputs.dtype)
-        mixed = (weights * outputs).sum(dim=1)
-        return mixed.reshape(*leading, *mixed.shape[1:])
 
     async def _route(self, scores: list[torch.Tensor]) -> list[list[ChosenExpert]]:
         started = trio.current_time()
@@ -158,87 +221,22 @@ class RemoteMixtureOfExperts(nn.Module):
         finally:
             self.routing_time += trio.current_time() - started
 
-    def _plan(
-        self, routing: list[list[ChosenExpert]], batch_size: int
-    ) -> tuple[list[Job], torch.Tensor, torch.Tensor]:
-        """One job per expert; each row's chosen coordinates and which of its k slots are filled."""
-        dims = len(self.grid_size)
-        filler = [(0,) * dims] * self.k_best
-        coordinates = torch.tensor(
-            [([e.coordinates for e in experts] + filler)[: self.k_best] for experts in routing],
-            dtype=torch.long,
-        ).reshape(batch_size, self.k_best, dims)
-        present = torch.tensor(
-            [[slot < len(experts) for slot in range(self.k_best)] for experts in routing], dtype=torch.bool
-        ).reshape(batch_size, self.k_best)
-        by_expert: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
-        for row, experts in enumerate(routing):
-            for slot, expert in enumerate(experts):
-                rows, slots = by_expert.setdefault((expert.uid, expert.endpoint), ([], []))
-                rows.append(row)
-                slots.append(slot)
-        jobs = [
-            Job(uid, endpoint, torch.tensor(rows), torch.tensor(slots))
-            for (uid, endpoint), (rows, slots) in by_expert.items()
-        ]
-        return jobs, coordinates, present
-
-    async def _forward_all(
-        self, jobs: list[Job], inputs: torch.Tensor
-    ) -> tuple[dict[int, list[torch.Tensor]], dict[int, ExpertError]]:
-        pieces = _rows_of(inputs, jobs)
-
-        async def call(index: int, job: Job) -> list[torch.Tensor]:
-            return await calls.expert_forward(
-                self.client, job.uid, job.endpoint, [pieces[index]], self.forward_timeout
-            )
-
-        answers, failures = await self._fan_out(jobs, call, len(inputs), self.k_min, self.forward_timeout)
-        if self._output_schema is None and jobs:
-            self._output_schema = self._learn_output_schema(jobs)
-        schema = self._output_schema
-        for index, tensors in list(answers.items()):
-            if len(tensors) != 1 or (schema is not None and tuple(tensors[0].shape[1:]) != schema.shape):
-                del answers[index]
-                shapes = [list(t.shape) for t in tensors]
-                expected = list(schema.shape) if schema else "?"
-                reason = f"answered shapes {shapes}, the mixture expects [rows, {expected}]"
-                failures[index] = ExpertError(
-                    jobs[index].uid, jobs[index].endpoint, reason, ExpertError.BAD_ANSWER
-                )
-        self._note("forward", jobs, failures)
-        return answers, failures
-
-    async def _gather(
-        self, jobs: list[Job], inputs: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, list[Job]]:
-        """Call the experts: their outputs laid out ``[batch, k_best, ...]``, which slots answered,
-        and the jobs that did."""
-        answers, failures = await self._forward_all(jobs, inputs)
-        self._check_enough("forward", self.k_min, jobs, answers, failures, len(inputs))
-        schema = self._output_schema
-        if schema is None:
-            raise MixtureError(
-                f"no expert under {self.uid_prefix!r} answered, so the output shape is unknown"
-            )
-        outputs = torch.zeros(len(inputs), self.k_best, *schema.shape, dtype=schema.torch_dtype)
-        answered = torch.zeros(len(inputs), self.k_best, dtype=torch.bool)
-        for index, tensors in answers.items():
-            job = jobs[index]
-            outputs[job.rows, job.slots] = tensors[0]
-            answered[job.rows, job.slots] = True
-        return outputs, answered, [jobs[index] for index in sorted(answers)]
-
-    def _learn_output_schema(self, jobs: list[Job]) -> TensorSchema | None:
-        for job in jobs:
-            info = self.client.expert_infos.get((job.uid, job.endpoint))
-            if info is not None:
-                if len(info.schema.outputs) != 1:
-                    raise MixtureError(
-                        f"{job.uid} has {len(info.schema.outputs)} outputs; a mixture needs one"
-                    )
-                return info.schema.outputs[0]
-        return None
+    async def _fan_out(
+        self, kind: str, jobs: list[Job], call: Call, batch_size: int, k_min: int, timeout: float
+    ) -> dict[int, list[torch.Tensor]]:
+        """Call every job; note the failures; raise unless every sample got ``k_min`` answers."""
+        answers, failures = await call_many(
+            jobs,
+            call,
+            batch_size=batch_size,
+            k_min=k_min,
+            timeout=timeout,
+            timeout_after_k_min=self.timeout_after_k_min,
+            detect_anomalies=self.detect_anomalies,
+        )
+        self._note(kind, jobs, failures)
+        self._check_enough(kind, k_min, jobs, answers, failures, batch_size)
+        return answers
 
     def _note(self, kind: str, jobs: list[Job], failures: dict[int, ExpertError]) -> None:
         self.stats[f"{kind}_calls"] += len(jobs)
@@ -254,43 +252,12 @@ class RemoteMixtureOfExperts(nn.Module):
                 self._cooldown[job.uid] = until
             logger.debug("%s of %s at %s failed: %s", kind, job.uid, job.endpoint, error.reason)
 
-    # ----- backward -----------------------------------------------------------------------------
-
-    async def _backward_all(
-        self, jobs: list[Job], inputs: torch.Tensor, grads: list[torch.Tensor], batch_size: int
-    ) -> tuple[dict[int, list[torch.Tensor]], dict[int, ExpertError]]:
-        pieces = _rows_of(inputs, jobs)
-
-        async def call(index: int, job: Job) -> list[torch.Tensor]:
-            return await calls.expert_backward(
-                self.client, job.uid, job.endpoint, [pieces[index]], [grads[index]], self.backward_timeout
-            )
-
-        answers, failures = await self._fan_out(
-            jobs, call, batch_size, self.backward_k_min, self.backward_timeout
-        )
-        self._note("backward", jobs, failures)
-        return answers, failures
-
-    async def _fan_out(
-        self, jobs: list[Job], call: Call, batch_size: int, k_min: int, timeout: float
-    ) -> tuple[dict[int, list[torch.Tensor]], dict[int, ExpertError]]:
-        return await call_many(
-            jobs,
-            call,
-            batch_size=batch_size,
-            k_min=k_min,
-            timeout=timeout,
-            timeout_after_k_min=self.timeout_after_k_min,
-            detect_anomalies=self.detect_anomalies,
-        )
-
     def _check_enough(
         self,
         kind: str,
         needed: int,
         jobs: list[Job],
-        answers: dict,
+        answers: dict[int, list[torch.Tensor]],
         failures: dict[int, ExpertError],
         batch_size: int,
     ) -> None:
@@ -314,42 +281,3 @@ class RemoteMixtureOfExperts(nn.Module):
             f"uid_prefix={self.uid_prefix!r}, grid_size={self.grid_size}, "
             f"k_best={self.k_best}, k_min={self.k_min}"
         )
-
-
-def _rows_of(inputs: torch.Tensor, jobs: list[Job]) -> tuple[torch.Tensor, ...]:
-    """Each job's rows of ``inputs``, gathered at once: one index per job costs ~50 us each."""
-    if not jobs:
-        return ()
-    gathered = inputs.index_select(0, torch.cat([job.rows for job in jobs]))
-    return gathered.split([len(job.rows) for job in jobs])
-
-
-class _MixtureCall(torch.autograd.Function):
-    """Experts' outputs ``[batch, k_best, *output]`` and which slots answered ``[batch, k_best]``."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, moe: RemoteMixtureOfExperts, jobs: list[Job], dummy: torch.Tensor, inputs: torch.Tensor
-    ):
-        detached = inputs.detach()
-        outputs, answered, answered_jobs = moe.client.run(moe._gather, jobs, detached)
-        ctx.moe = moe
-        ctx.jobs = answered_jobs
-        ctx.save_for_backward(detached)
-        ctx.mark_non_differentiable(answered)
-        return outputs, answered
-
-    @staticmethod
-    def backward(ctx: Any, grad_outputs: torch.Tensor, _grad_answered: Any):
-        moe: RemoteMixtureOfExperts = ctx.moe
-        (inputs,) = ctx.saved_tensors
-        jobs: list[Job] = ctx.jobs
-        grad_inputs = torch.zeros_like(inputs)
-        if jobs:  # always: the experts learn from their backward calls, whether or not x needs a gradient
-            rows, slots = torch.cat([job.rows for job in jobs]), torch.cat([job.slots for job in jobs])
-            grads = grad_outputs[rows, slots].split([len(job.rows) for job in jobs])
-            answers, failures = moe.client.run(moe._backward_all, jobs, inputs, grads, len(inputs))
-            moe._check_enough("backward", moe.backward_k_min, jobs, answers, failures, len(inputs))
-            for index, tensors in answers.items():
-                grad_inputs.index_add_(0, jobs[index].rows, tensors[0].to(grad_inputs.dtype))
-        return None, None, None, grad_inputs if ctx.needs_input_grad[3] else None

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import trio
 
 from tesseract.dht.node import DHTConfig, DHTNode
+from tesseract.net import RPCClient
 from tesseract.net.host import Host
-from tesseract.net.rpc import RPCClient
 from tesseract.server import protocol as wire
 
 T = TypeVar("T")
@@ -49,6 +49,7 @@ class Client:
         #: it, so trainers that come and go (or sit behind NAT) leave no holes in routing tables.
         self.dht_config = dht_config if dht_config is not None else DHTConfig(client_mode=True)
         self.seed = seed
+        #: Expert schemas by (uid, endpoint); ``calls`` drops an entry when a call casts doubt on it.
         self.expert_infos: dict[tuple[str, str], wire.InfoResponse] = {}
         #: Expert calls that failed on the network, by kind: timeouts, refused (a typed error), unreachable.
         self.stats: Counter[str] = Counter()
