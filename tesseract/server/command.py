@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import trio
 
+from tesseract.console import say
 from tesseract.dht.node import BootstrapError, DHTNode
 from tesseract.net.real import RealHost
 from tesseract.runtime.backend import ExpertBackend, adam
@@ -72,10 +73,6 @@ def run(options: argparse.Namespace) -> int:
         return 2
 
 
-def say(line: str) -> None:
-    print(line, flush=True)
-
-
 #: Descriptors held from the start and released when shutdown begins: saving checkpoints needs a few
 #: even when peers have taken every other one the process may open.
 SHUTDOWN_DESCRIPTORS = 8
@@ -113,6 +110,10 @@ async def _main(options: argparse.Namespace, backends: list[ExpertBackend]) -> i
                 async for signum in signals:
                     say(f"received {signal.Signals(signum).name}: finishing in-flight work and saving")
                     break
+            # Shutdown has begun and saves the checkpoints: another SIGTERM (a launcher's, a
+            # supervisor's) must not cut it short, as the default action would once the receiver
+            # above is gone. A second Ctrl+C still stops at once.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             nursery.cancel_scope.cancel()
         _release(reserve)  # before the server's shutdown, which saves the checkpoints
     say("stopped")

@@ -7,7 +7,7 @@ import itertools
 import re
 from pathlib import Path
 
-from tesseract.dht.experts import parse_uid
+from tesseract.expert_uid import parse_uid
 
 _RANGE = re.compile(r"\[(\d+):(\d+)\]")
 

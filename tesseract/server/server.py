@@ -26,6 +26,7 @@ from tesseract.runtime.pool import BACKWARD, FORWARD
 from tesseract.runtime.runtime import ExpertStats, Runtime
 from tesseract.runtime.schema import check_batch
 from tesseract.server import protocol as wire
+from tesseract.server.announce import declare_experts
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ class ExpertServer:
         first = True
         while self.accepting:
             expiration = self.host.wall_time() + 2 * self.update_period
-            stored = await self.dht.declare_experts(uids, self.address, expiration)
+            stored = await declare_experts(self.dht, uids, self.address, expiration)
             self.announcements += 1
             if not all(stored.values()):
                 logger.warning("announced %d of %d experts", sum(stored.values()), len(uids))

@@ -18,14 +18,11 @@ import trio
 from tesseract.client.errors import MixtureError
 from tesseract.client.moe import RemoteMixtureOfExperts
 from tesseract.client.session import Client
+from tesseract.console import say
 from tesseract.dht.node import BootstrapError
 from tesseract.train.data import load_dataset
 from tesseract.train.model import MixtureClassifier
 from tesseract.train.trainer import TrainConfig, Trainer, TrainingStalled
-
-
-def say(line: str) -> None:
-    print(line, flush=True)
 
 
 def build_mixture(options: argparse.Namespace, client: Client) -> RemoteMixtureOfExperts:
@@ -89,7 +86,8 @@ def run(options: argparse.Namespace) -> int:
                 log_every=options.log_every,
                 max_steps=options.max_steps,
             )
-            summary = Trainer(model, data, client, config, report=say).run()
+            live = sys.stdout if sys.stdout.isatty() else None
+            summary = Trainer(model, data, client, config, report=say, live_progress=live).run()
     except (BootstrapError, MixtureError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -40,7 +40,11 @@ def add_mixture_arguments(parser: argparse.ArgumentParser) -> list[argparse.Acti
         mixture.add_argument("--timeout-after-k-min", type=float, default=1.0),
         mixture.add_argument("--backward-timeout", type=float, default=10.0),
         mixture.add_argument("--allow-zero-outputs", action="store_true"),
-        mixture.add_argument("--detect-anomalies", action="store_true"),
+        mixture.add_argument(
+            "--detect-anomalies",
+            action="store_true",
+            help="also refuse answers whose norm overflows (non-finite answers are always refused)",
+        ),
     ]
 
 

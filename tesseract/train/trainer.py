@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 import trio
 from torch import nn
+from tqdm import tqdm
 
 from tesseract.client.errors import ExpertError, MixtureError
 from tesseract.client.moe import RemoteMixtureOfExperts
@@ -24,6 +25,9 @@ from tesseract.client.session import Client
 from tesseract.train.data import Dataset
 
 logger = logging.getLogger(__name__)
+
+#: The progress line (and the live bar on a terminal): the same fields either way.
+PROGRESS_FORMAT = "{desc} |{bar:24}| step {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}"
 
 
 @dataclass
@@ -68,12 +72,17 @@ class Trainer:
         config: TrainConfig | None = None,
         *,
         report: Callable[[str], None] = print,
+        live_progress: TextIO | None = None,
     ) -> None:
+        """``report`` takes the progress and epoch lines. ``live_progress``: a terminal to draw one
+        live progress bar on instead of progress lines (epoch lines are printed above it)."""
         self.model = model
         self.data = data
         self.client = client
         self.config = config or TrainConfig()
         self.report = report
+        self.live_progress = live_progress
+        self._bar: tqdm | None = None
         self.optimizer = torch.optim.Adam(model.parameters(), lr=self.config.learning_rate)
         self.state = TrainState()
         self.mixtures = [m for m in model.modules() if isinstance(m, RemoteMixtureOfExperts)]
@@ -112,6 +121,9 @@ class Trainer:
             yield lambda epoch=epoch: self._evaluate_epoch(epoch, total)
             if self.state.steps + self.state.failed_steps >= total:
                 break
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         started = self.client.now()
@@ -160,20 +172,37 @@ class Trainer:
         self.state.test_accuracy.append(accuracy)
         recent = self.state.losses[-20:]
         loss = sum(recent) / len(recent) if recent else float("nan")
-        self.report(
+        line = (
             f"epoch {epoch}: test accuracy {accuracy:.4f}, train loss {loss:.4f}, "
             f"{self.state.steps} steps, {self.failed_calls()} failed expert calls"
         )
+        if self._bar is not None:
+            self._bar.write(line, file=self.live_progress)
+        else:
+            self.report(line)
+
 
     def _progress(self, epoch: int, done: int, total: int) -> None:
-        width = 24
-        filled = width * done // max(1, total)
         recent = self.state.losses[-10:]
         loss = sum(recent) / len(recent) if recent else float("nan")
-        self.report(
-            f"epoch {epoch} [{'#' * filled}{'.' * (width - filled)}] step {done}/{total} "
-            f"loss {loss:.4f} {self.samples_per_s():.0f} samples/s failed calls {self.failed_calls()}"
-        )
+        info = f"loss {loss:.4f}, {self.samples_per_s():.0f} samples/s, {self.failed_calls()} failed calls"
+        if self.live_progress is None:
+            line = tqdm.format_meter(
+                done,
+                total,
+                self.state.train_time,
+                prefix=f"epoch {epoch}",
+                postfix=info,
+                bar_format=PROGRESS_FORMAT,
+                ascii=True,
+            )
+            self.report(line)
+            return
+        if self._bar is None:
+            self._bar = tqdm(total=total, file=self.live_progress, bar_format=PROGRESS_FORMAT, ascii=True)
+        self._bar.set_description_str(f"epoch {epoch}", refresh=False)
+        self._bar.set_postfix_str(info, refresh=False)
+        self._bar.update(done - self._bar.n)
 
     # ----- results ------------------------------------------------------------------------------
 
