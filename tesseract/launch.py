@@ -148,9 +148,7 @@ class NodeProcess:
             ) from None
         if line is None:
             self._lines.put(None)  # every later read sees the end too
-            raise NodeProcessError(
-                f"{self.name} node exited ({self.process.poll()}): {list(self._recent)}"
-            )
+            raise NodeProcessError(f"{self.name} node exited ({self.process.poll()}): {list(self._recent)}")
         return line.rstrip("\n")
 
     def command(self, timeout: float = 30.0, **command: Any) -> dict[str, Any]:

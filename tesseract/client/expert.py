@@ -15,7 +15,7 @@ from torch import nn
 from tesseract.client import calls
 from tesseract.client.session import Client
 from tesseract.expert_uid import parse_uid
-from tesseract.net.errors import RemoteError
+from tesseract.runtime.errors import InvalidBatch
 from tesseract.runtime.schema import ExpertSchema, check_batch
 from tesseract.server import protocol as wire
 
@@ -66,8 +66,8 @@ class RemoteExpert(nn.Module):
                 what=f"{self.uid} inputs",
                 max_batch_size=info.max_batch_size,
             )
-        except RemoteError as exc:
-            raise ValueError(exc.message) from None
+        except InvalidBatch as exc:
+            raise ValueError(str(exc)) from None
 
     async def forward_async(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """Forward without autograd, for trio code: ``await expert.forward_async(x)``."""

@@ -41,10 +41,6 @@ class ErrorCode(enum.StrEnum):
     PROTOCOL_ERROR = "protocol_error"  # undecodable envelope or frame, or a frame too slow to arrive
     FRAME_TOO_LARGE = "frame_too_large"
     INTERNAL = "internal"  # the handler failed; its exception text follows
-    # The DHT's and the server's codes, still here until those layers define them (issue 9).
-    CLOCK_SKEW = "clock_skew"  # the sender's clock disagrees with ours beyond the allowed skew
-    NOT_FOUND = "not_found"  # no such expert (or other named object) here
-    UNAVAILABLE = "unavailable"  # shutting down: try another peer
 
 
 class Request(msgspec.Struct, tag=1, array_like=True):

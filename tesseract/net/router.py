@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
@@ -49,15 +49,22 @@ class Router:
     A handler returns the reply payload (a msgspec struct) or raises ``RemoteError`` to send a typed
     error. The error's code travels as it is if it is one of ``ErrorCode`` or of ``error_codes`` (the
     codes the layer above defines for its own errors, e.g. the server's ``not_found``); any other
-    code, and any other exception, becomes ``ErrorCode.INTERNAL``.
+    code becomes ``ErrorCode.INTERNAL``. ``error_types`` maps the exceptions of the layers below the
+    handlers to codes (the runtime's ``InvalidBatch`` to ``bad_request``), so those layers raise
+    their own errors and know nothing of the wire; any other exception is ``internal`` and logged.
     """
 
     def __init__(
-        self, *, max_handler_time: float = DEFAULT_MAX_HANDLER_TIME, error_codes: Iterable[str] = ()
+        self,
+        *,
+        max_handler_time: float = DEFAULT_MAX_HANDLER_TIME,
+        error_codes: Iterable[str] = (),
+        error_types: Mapping[type[Exception], str] | None = None,
     ) -> None:
         self._methods: dict[str, Method] = {}
         self.max_handler_time = max_handler_time
         self.error_codes = frozenset(ErrorCode._value2member_map_) | {str(code) for code in error_codes}
+        self.error_types = tuple((error_type, str(code)) for error_type, code in (error_types or {}).items())
         #: Counts of what went wrong, by error code (plus transport-level events).
         self.stats: Counter[str] = Counter()
 
@@ -87,6 +94,9 @@ class Router:
             except BAD_INPUT_ERRORS as exc:
                 return self.error(request.id, ErrorCode.BAD_REQUEST, f"{request.method}: {exc}"), None
             except Exception as exc:
+                for error_type, code in self.error_types:
+                    if isinstance(exc, error_type):
+                        return self.error(request.id, code, str(exc)), None
                 logger.exception("handler %s failed for %s", request.method, peer)
                 return self.error(request.id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"), None
         if scope.cancelled_caught:

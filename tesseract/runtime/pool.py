@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from tesseract.runtime.errors import InvalidBatch
+
 FORWARD, BACKWARD = "forward", "backward"
 
 
@@ -43,7 +45,7 @@ class TaskPool:
 
     def check(self, task: Task) -> None:
         if task.rows > self.max_batch_size:
-            raise ValueError(f"a request of {task.rows} rows exceeds max_batch_size {self.max_batch_size}")
+            raise InvalidBatch(f"a request of {task.rows} rows exceeds max_batch_size {self.max_batch_size}")
 
     def submit(self, task: Task) -> None:
         self.check(task)

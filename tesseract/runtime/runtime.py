@@ -16,10 +16,9 @@ from dataclasses import dataclass
 import torch
 import trio
 
-from tesseract.net.errors import RemoteError
 from tesseract.net.host import Host
-from tesseract.net.messages import ErrorCode
 from tesseract.runtime.backend import ExpertBackend
+from tesseract.runtime.errors import BatchFailed
 from tesseract.runtime.pool import BACKWARD, FORWARD, Task, TaskPool, pick_pool
 
 logger = logging.getLogger(__name__)
@@ -162,9 +161,7 @@ class Runtime:
                 self._unstepped[backend.uid] = backend
         except Exception as exc:
             logger.exception("%s %s of %d rows failed", pool.uid, pool.kind, total)
-            error = RemoteError(
-                ErrorCode.INTERNAL.value, f"{pool.uid} {pool.kind} failed: {type(exc).__name__}: {exc}"
-            )
+            error = BatchFailed(f"{pool.uid} {pool.kind} failed: {type(exc).__name__}: {exc}")
             for task in batch:
                 task.error = error
                 task.event.set()

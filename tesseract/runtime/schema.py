@@ -11,9 +11,8 @@ import msgspec
 import numpy as np
 import torch
 
-from tesseract.net.errors import RemoteError
-from tesseract.net.messages import ErrorCode
 from tesseract.net.tensors import DTYPE_NAMES, DTYPES
+from tesseract.runtime.errors import InvalidBatch
 
 
 class TensorSchema(msgspec.Struct, array_like=True, frozen=True):
@@ -56,34 +55,30 @@ def all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor).all())
 
 
-def bad_request(message: str) -> RemoteError:
-    return RemoteError(ErrorCode.BAD_REQUEST.value, message)
-
-
 def check_batch(
     tensors: list[torch.Tensor], schemas: tuple[TensorSchema, ...], *, what: str, max_batch_size: int
 ) -> int:
-    """Validate a batch against its schema; return the batch size or raise a ``bad_request`` error."""
+    """Validate a batch against its schema; return the batch size or raise ``InvalidBatch``."""
     if len(tensors) != len(schemas):
-        raise bad_request(f"{what}: expected {len(schemas)} tensors, got {len(tensors)}")
+        raise InvalidBatch(f"{what}: expected {len(schemas)} tensors, got {len(tensors)}")
     batch_size: int | None = None
     for index, (tensor, schema) in enumerate(zip(tensors, schemas, strict=True)):
         if tensor.dtype != schema.torch_dtype:
-            raise bad_request(f"{what}[{index}]: dtype {DTYPE_NAMES[tensor.dtype]}, expected {schema.dtype}")
+            raise InvalidBatch(f"{what}[{index}]: dtype {DTYPE_NAMES[tensor.dtype]}, expected {schema.dtype}")
         if tensor.dim() != len(schema.shape) + 1 or tuple(tensor.shape[1:]) != schema.shape:
             expected = ", ".join(["batch", *map(str, schema.shape)])
-            raise bad_request(f"{what}[{index}]: shape {list(tensor.shape)}, expected [{expected}]")
+            raise InvalidBatch(f"{what}[{index}]: shape {list(tensor.shape)}, expected [{expected}]")
         if batch_size is None:
             batch_size = tensor.shape[0]
         elif tensor.shape[0] != batch_size:
-            raise bad_request(f"{what}[{index}]: batch size {tensor.shape[0]} differs from {batch_size}")
+            raise InvalidBatch(f"{what}[{index}]: batch size {tensor.shape[0]} differs from {batch_size}")
         if not all_finite(tensor):
-            raise bad_request(f"{what}[{index}]: contains NaN or infinite values")
+            raise InvalidBatch(f"{what}[{index}]: contains NaN or infinite values")
     assert batch_size is not None
     if batch_size == 0:
-        raise bad_request(f"{what}: empty batch")
+        raise InvalidBatch(f"{what}: empty batch")
     if batch_size > max_batch_size:
-        raise bad_request(
+        raise InvalidBatch(
             f"{what}: batch of {batch_size} exceeds this expert's max_batch_size {max_batch_size}"
         )
     return batch_size

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated
 
 import msgspec
 
 from tesseract.net.tensors import WireTensor
 from tesseract.runtime.schema import ExpertSchema
+
+
+class ServerErrorCode(enum.StrEnum):
+    """The wire codes an expert server adds to the RPC layer's own (``tesseract.net.ErrorCode``)."""
+
+    NOT_FOUND = "not_found"  # no such expert on this server
+    UNAVAILABLE = "unavailable"  # shutting down, or an injected fault: try another server
+
 
 Uid = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Tensors = Annotated[list[WireTensor], msgspec.Meta(max_length=32)]

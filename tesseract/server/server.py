@@ -22,11 +22,13 @@ from tesseract.net.host import Host
 from tesseract.net.messages import ErrorCode
 from tesseract.net.tensors import deserialize_tensor, serialize_tensor
 from tesseract.runtime.backend import ExpertBackend
+from tesseract.runtime.errors import BatchFailed, InvalidBatch
 from tesseract.runtime.pool import BACKWARD, FORWARD
 from tesseract.runtime.runtime import ExpertStats, Runtime
 from tesseract.runtime.schema import check_batch
 from tesseract.server import protocol as wire
 from tesseract.server.announce import declare_experts
+from tesseract.server.protocol import ServerErrorCode
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +66,11 @@ class ExpertServer:
         self.checkpoint_period = checkpoint_period
         self.checkpoints_saved = 0
         self.runtime = Runtime(host, backends)
-        router = Router()
+        router = Router(
+            error_codes=ServerErrorCode,
+            # The runtime's errors, on the wire: a batch that does not fit is the caller's mistake.
+            error_types={InvalidBatch: ErrorCode.BAD_REQUEST, BatchFailed: ErrorCode.INTERNAL},
+        )
         router.add("expert.info", wire.InfoRequest, self._on_info)
         router.add("expert.forward", wire.ForwardRequest, self._on_forward)
         router.add("expert.backward", wire.BackwardRequest, self._on_backward)
@@ -160,10 +166,10 @@ class ExpertServer:
 
     def _backend(self, uid: str) -> ExpertBackend:
         if not self.accepting:
-            raise RemoteError(ErrorCode.UNAVAILABLE.value, "this server is shutting down")
+            raise RemoteError(ServerErrorCode.UNAVAILABLE, "this server is shutting down")
         backend = self.backends.get(uid)
         if backend is None:
-            raise RemoteError(ErrorCode.NOT_FOUND.value, f"no expert {uid!r} on this server")
+            raise RemoteError(ServerErrorCode.NOT_FOUND, f"no expert {uid!r} on this server")
         return backend
 
     async def _on_info(self, request: wire.InfoRequest, peer: str) -> wire.InfoResponse:
@@ -172,7 +178,7 @@ class ExpertServer:
 
     def _maybe_inject_fault(self, kind: str) -> None:
         if self.fault_rate and kind in self.faulty_kinds and self.host.random.random() < self.fault_rate:
-            raise RemoteError(ErrorCode.UNAVAILABLE.value, "injected fault (fault_rate)")
+            raise RemoteError(ServerErrorCode.UNAVAILABLE, "injected fault (fault_rate)")
 
     async def _on_forward(self, request: wire.ForwardRequest, peer: str) -> wire.ForwardResponse:
         backend = self._backend(request.uid)
@@ -196,9 +202,7 @@ class ExpertServer:
             grads, backend.schema.outputs, what="grad_outputs", max_batch_size=backend.max_batch_size
         )
         if grad_rows != rows:
-            raise RemoteError(
-                ErrorCode.BAD_REQUEST.value, f"grad_outputs have {grad_rows} rows, inputs {rows}"
-            )
+            raise InvalidBatch(f"grad_outputs have {grad_rows} rows, inputs {rows}")
         grad_inputs = await self._submit(backend.uid, BACKWARD, inputs + grads, rows)
         return wire.BackwardResponse([serialize_tensor(t) for t in grad_inputs])
 
