@@ -427,10 +427,13 @@ class DHTNode:
                     if math.isfinite(response.retry_after):
                         wait = max(wait, response.retry_after)
 
-                async with trio.open_nursery() as chunks:
-                    for start in range(0, len(indices), wire.MAX_ITEMS_PER_STORE):
-                        chunk = indices[start : start + wire.MAX_ITEMS_PER_STORE]
-                        chunks.start_soon(send_chunk, chunk, flooded)
+                if len(indices) <= wire.MAX_ITEMS_PER_STORE:  # the common case: no task to spare
+                    await send_chunk(indices, flooded)
+                else:
+                    async with trio.open_nursery() as chunks:
+                        for start in range(0, len(indices), wire.MAX_ITEMS_PER_STORE):
+                            chunk = indices[start : start + wire.MAX_ITEMS_PER_STORE]
+                            chunks.start_soon(send_chunk, chunk, flooded)
                 # Refused for our rate: wait as long as the peer says (within reason) and send again.
                 indices = sorted(flooded)
                 if indices:

@@ -181,7 +181,6 @@ class Trainer:
         else:
             self.report(line)
 
-
     def _progress(self, epoch: int, done: int, total: int) -> None:
         recent = self.state.losses[-10:]
         loss = sum(recent) / len(recent) if recent else float("nan")
