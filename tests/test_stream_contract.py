@@ -141,16 +141,6 @@ SIM_UNBOUNDED_BUFFER = (
     "peer's close is noticed) therefore never lets the close arrive, and a close arrives as an end of "
     "stream, never as a reset, so sending on never fails"
 )
-TCP_RECEIVE_SOME_ZERO = (
-    "defect in tesseract/net/real.py: TCPStream.receive_some(0) reads as receive_some() and waits for "
-    "data, where the contract asks for ValueError (it maps any falsy max_bytes to the default chunk); "
-    "the rest of the contract holds once that is fixed"
-)
-TCP_RECEIVE_INTO_CLOSED = (
-    "defect in tesseract/net/real.py: TCPStream.receive_into on a stream its own side closed raises "
-    "BrokenResourceError (EBADF from the closed socket) where every other call raises "
-    "ClosedResourceError"
-)
 NOT_HALF_CLOSEABLE = (
     "on purpose: Tesseract's Stream is a trio.abc.Stream, not a HalfCloseableStream: there is no "
     "send_eof, a connection is closed whole (RPC never half-closes), so this check cannot pass"
@@ -185,7 +175,7 @@ def run_check(world: World, check: Callable[[World], Awaitable[None]]) -> None:
 @pytest.mark.parametrize(
     "make_world",
     _worlds(
-        pytest.mark.xfail(strict=True, raises=trio.TooSlowError, reason=TCP_RECEIVE_SOME_ZERO),
+        [],
         pytest.mark.xfail(strict=True, raises=SendsNeverBlock, reason=SIM_UNBOUNDED_BUFFER),
     ),
 )
@@ -238,7 +228,7 @@ def test_half_closeable_stream_contract(make_world: Callable[[], World]) -> None
 @pytest.mark.parametrize(
     "make_world",
     _worlds(
-        pytest.mark.xfail(strict=True, raises=trio.BrokenResourceError, reason=TCP_RECEIVE_INTO_CLOSED),
+        [],
         [],
     ),
 )

@@ -77,9 +77,11 @@ class TCPStream(Stream):
         await self._stream.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        return await self._stream.receive_some(max_bytes or RECEIVE_CHUNK)
+        return await self._stream.receive_some(RECEIVE_CHUNK if max_bytes is None else max_bytes)
 
     async def receive_into(self, buffer: memoryview) -> int:
+        if self._socket.fileno() < 0:
+            raise trio.ClosedResourceError("this stream is closed")
         try:
             return await self._socket.recv_into(buffer, len(buffer))
         except OSError as exc:
