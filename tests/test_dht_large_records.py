@@ -111,34 +111,63 @@ def test_a_record_with_four_thousand_sub_keys_is_read_whole(world: World) -> Non
     world.run(main)
 
 
-def test_a_record_no_peer_can_serve_is_an_error_naming_the_key(world: World) -> None:
-    """A holder whose pages make no progress (broken, or hostile) is not taken for "absent"."""
+async def serve_pages(world: World, host, page_after) -> None:
+    """A DHT peer that answers every find with ``page_after(after)`` and "more"."""
+    responder = id_to_bytes(key_id("the odd peer"))
+
+    async def on_ping(request: wire.PingRequest, peer: str) -> wire.PingResponse:
+        return wire.PingResponse(responder, host.wall_time())
+
+    async def on_find(request: wire.FindRequest, peer: str) -> wire.FindResponse:
+        entries = page_after(request.after)
+        page = wire.RecordMessage(None, host.wall_time() + 60, entries)
+        results = [wire.FindResult([], page if request.want_values else None, request.want_values)]
+        return wire.FindResponse(responder, host.wall_time(), results * len(request.keys))
+
+    router = Router()
+    router.add("dht.ping", wire.PingRequest, on_ping)
+    router.add("dht.find", wire.FindRequest, on_find)
+    world.start(host, DatagramRPC(host, router).serve)
+    await trio.sleep(0.05)
+
+
+def entry(host, subkey: int) -> wire.SubEntry:
+    return wire.SubEntry(msgspec.msgpack.encode(subkey), msgspec.msgpack.encode("v"), host.wall_time() + 60)
+
+
+def test_a_record_larger_than_a_reader_takes_is_an_error_naming_the_key(world: World) -> None:
+    """A record whose pages go on past what a reader takes truly cannot be served: an error, not an
+    absence."""
 
     async def main(world: World) -> None:
         host = await world.new_host()
-        responder = id_to_bytes(key_id("the stuck peer"))
-        entry = wire.SubEntry(msgspec.msgpack.encode(1), msgspec.msgpack.encode("v"), host.wall_time() + 60)
 
-        async def on_ping(request: wire.PingRequest, peer: str) -> wire.PingResponse:
-            return wire.PingResponse(responder, host.wall_time())
+        def next_page(after: bytes | None) -> list[wire.SubEntry]:
+            first = 0 if after is None else msgspec.msgpack.decode(after) + 1
+            return [entry(host, first + i) for i in range(512)]
 
-        async def on_find(request: wire.FindRequest, peer: str) -> wire.FindResponse:
-            # The same page whatever ``after`` says, and always "more".
-            page = wire.RecordMessage(None, entry.expiration, [entry])
-            results = [wire.FindResult([], page if request.want_values else None, request.want_values)]
-            return wire.FindResponse(responder, host.wall_time(), results * len(request.keys))
-
-        router = Router()
-        router.add("dht.ping", wire.PingRequest, on_ping)
-        router.add("dht.find", wire.FindRequest, on_find)
-        stuck = DatagramRPC(host, router)
-        world.start(host, stuck.serve)
-        await trio.sleep(0.05)
+        await serve_pages(world, host, next_page)
         reader_host = await world.new_host()
         async with DHTNode.start(reader_host, [host.address], config=FAST, leave_gracefully=False) as reader:
             with pytest.raises(RecordUnavailable, match=r"'wide' is held by 1 peers \(" + host.address):
                 await reader.get("wide")
             assert reader.stats["records_unreadable"] == 1
+
+    world.run(main)
+
+
+def test_a_peer_whose_pages_make_no_progress_holds_nothing(world: World) -> None:
+    """A broken or hostile holder (the same page whatever ``after`` says, always "more") is ignored:
+    the key reads as absent when no one else holds it, and one such peer cannot make every get of
+    its keys fail."""
+
+    async def main(world: World) -> None:
+        host = await world.new_host()
+        await serve_pages(world, host, lambda after: [entry(host, 1)])
+        reader_host = await world.new_host()
+        async with DHTNode.start(reader_host, [host.address], config=FAST, leave_gracefully=False) as reader:
+            assert await reader.get("wide") is None
+            assert reader.stats["bad_pages"] >= 1 and reader.stats["records_unreadable"] == 0
 
     world.run(main)
 

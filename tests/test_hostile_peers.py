@@ -161,6 +161,25 @@ def test_a_frame_that_trickles_is_closed_at_its_deadline(world: World) -> None:
     world.run(main)
 
 
+def test_a_header_that_claims_much_buys_no_time(world: World) -> None:
+    """Only bytes that arrived extend a frame's deadline: a header claiming 255 MiB, then silence,
+    holds its connection (which is never idle, so never shed) for ``frame_timeout``, not the 256 s
+    that 255 MiB would take at ``min_frame_rate``."""
+
+    async def main(world: World) -> None:
+        host, server = await start_server(world, ServerLimits(frame_timeout=1.0, min_frame_rate=MiB))
+        attacker = await world.new_host()
+        stream = await attacker.transport.open_stream(host.address)
+        await stream.send_all(header(255 * MiB))
+        started = trio.current_time()
+        assert await closed_by_server(stream, within=30) == ["protocol_error"]
+        assert 1.0 <= trio.current_time() - started < 8.0
+        assert server.stats["frame_timeouts"] == 1
+        await stream.aclose()
+
+    world.run(main)
+
+
 def test_idle_connections_are_closed_but_never_with_a_request_in_flight(world: World) -> None:
     async def main(world: World) -> None:
         host, server = await start_server(world, ServerLimits(idle_timeout=1.0))

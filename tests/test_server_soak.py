@@ -15,7 +15,12 @@ from tests.worlds import RealWorld, World
 
 CLIENTS = 32
 #: The one right answer to each kind of bad request.
-EXPECTED_CODE = {"unknown": "not_found", "shape": "bad_request", "nan": "bad_request", "too_big": "bad_request"}
+EXPECTED_CODE = {
+    "unknown": "not_found",
+    "shape": "bad_request",
+    "nan": "bad_request",
+    "too_big": "bad_request",
+}
 SOAK_SECONDS = 5.0
 
 

@@ -52,9 +52,9 @@ MAX_KNOWN_TOKENS = 4_096
 #: A record read page by page stops (as unreadable) past this many pages or sub-keys.
 MAX_PAGES_PER_RECORD = 256
 MAX_SUBKEYS_PER_RECORD = 65_536
-#: The longest a store waits, per round, on a peer's ``retry_after`` (the peer's word is untrusted).
 #: Store requests one node keeps in flight to one peer.
 STORES_IN_FLIGHT_PER_PEER = 8
+#: The longest a store waits, per round, on a peer's ``retry_after`` (the peer's word is untrusted).
 MAX_STORE_PACING = 5.0
 #: What a first find expects back besides the nodes: a reply's own fields, and a small value per key.
 REPLY_FIXED_BYTES = 80
@@ -289,7 +289,8 @@ class DHTNode:
         self, peer: Peer, target: NodeID, record: Record | None
     ) -> tuple[Record | None, bool]:
         """Read the rest of a record whose first page (``record``, or None if nothing fit) came in a
-        find reply: (the whole record, False), or (None, True) if the peer could not serve it whole."""
+        find reply: (the whole record, False); (None, True) if the record is larger than a reader
+        takes (it truly cannot be served); (None, False) if the peer's pages make no sense."""
         cursor = max(record.subkeys) if record is not None and record.is_dictionary else None
         subkeys = len(record.subkeys) if record is not None else 0
         for _ in range(MAX_PAGES_PER_RECORD):
@@ -300,12 +301,17 @@ class DHTNode:
             page = record_from_message(result.record)
             if page is None:
                 if result.more:
-                    break  # nothing fits even alone: this peer cannot serve it
+                    # Every value fits a page alone, so an honest peer never says this: it is broken
+                    # or hostile, and holds nothing we can use (an absent key must not read as an
+                    # unreadable one, or one such peer fails every get of its keys).
+                    self.stats["bad_pages"] += 1
+                    return None, False
                 return record, False
             if page.is_dictionary:
                 last = max(page.subkeys)
                 if cursor is not None and last <= cursor:
-                    break  # no progress: a broken or hostile peer
+                    self.stats["bad_pages"] += 1  # no progress: broken or hostile, as above
+                    return None, False
                 cursor = last
                 subkeys += len(page.subkeys)
             record = merge_records(record, page)

@@ -10,8 +10,10 @@ copies (a third of the frame in all) cost less than zeroing the whole buffer up 
 
 ``FrameReader`` adds a shared budget and a clock: the bytes its unfinished frame holds are charged to a
 ``BufferBudget`` (a frame that needs more than is left waits, reading nothing), and a frame that has
-begun must complete within ``frame_timeout + claimed / min_frame_rate`` seconds (``frame_deadline``,
-enforced by the reader's owner).
+begun must keep arriving: its deadline is ``frame_timeout`` after its first byte, pushed back by
+``received / min_frame_rate`` as its bytes arrive (``frame_deadline``, enforced by the reader's owner).
+Only bytes that arrived buy time: a header that claims 256 MiB and then stays silent holds its
+connection for ``frame_timeout``, not for the minutes 256 MiB would take.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ MIN_GROWTH = 64 * 1024
 GROWTH = 4
 #: A frame that has begun to arrive must complete within this many seconds...
 DEFAULT_FRAME_TIMEOUT = 30.0
-#: ...plus its claimed size over this rate (bytes/s): 256 MiB may take 4.7 minutes.
+#: ...plus the time its received bytes take at this rate (bytes/s): a sender slower than this falls
+#: behind its deadline, one at least this fast never does.
 DEFAULT_MIN_FRAME_RATE = 1024 * 1024
 
 
@@ -108,6 +111,11 @@ class FrameDecoder:
     def claimed(self) -> int:
         """The body size the unfinished frame's header claims (0 before its header is complete)."""
         return self._size if self._body is not None else 0
+
+    @property
+    def received(self) -> int:
+        """Bytes of the unfinished frame's body that have arrived (0 before its header is complete)."""
+        return self._filled if self._body is not None else 0
 
     @property
     def missing(self) -> int:
@@ -268,12 +276,15 @@ class FrameReader:
         """When the unfinished frame must be complete: infinity when none has begun."""
         if not self.decoder.has_partial_frame:
             return math.inf
-        return self._began + self.frame_timeout + self.decoder.claimed / self.min_frame_rate
+        return self._began + self.frame_timeout + self.decoder.received / self.min_frame_rate
 
     def frame_timeout_error(self) -> FrameTimeout:
         """The error for an unfinished frame past its deadline."""
-        allowed = self.frame_timeout + self.decoder.claimed / self.min_frame_rate
-        return FrameTimeout(f"a frame of {self.decoder.claimed} bytes did not arrive within {allowed:.3g}s")
+        decoder = self.decoder
+        return FrameTimeout(
+            f"a frame of {decoder.claimed} bytes stalled after {decoder.received} (slower than "
+            f"{self.min_frame_rate} bytes/s after {self.frame_timeout:.3g}s)"
+        )
 
     async def receive_frame(self) -> Frame | None:
         decoder = self.decoder

@@ -9,6 +9,7 @@ frame that has begun, and an idle timeout.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 from collections import Counter
@@ -202,11 +203,19 @@ class RPCServer:
 
 
 def _source(peer: str) -> str:
-    """The address part of a peer's ``host:port``: what the per-address cap counts by."""
+    """What the per-address cap counts by: an IPv4 address, or an IPv6 address's /64 prefix (one
+    subscriber commonly holds a whole /64, so counting single IPv6 addresses would count nothing)."""
     try:
-        return parse_address(peer).host
+        host = parse_address(peer).host
     except ValueError:
         return peer
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6 and address.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return host
 
 
 class _ServedConnection:
