@@ -418,10 +418,9 @@ class DHTNode:
                     request = wire.StoreRequest(
                         self._sender_id, self.host.wall_time(), [items[i] for i in chunk]
                     )
-                    async with limiter:
-                        response = await self._call(
-                            peer.address, "dht.store", request, wire.StoreResponse, expected_id=peer.node_id
-                        )
+                    response = await self._call(
+                        peer.address, "dht.store", request, wire.StoreResponse, expected_id=peer.node_id
+                    )
                     if response is None or len(response.results) != len(chunk):
                         return
                     for i, result in zip(chunk, response.results, strict=True):
@@ -433,13 +432,17 @@ class DHTNode:
                     if math.isfinite(response.retry_after):
                         wait = max(wait, response.retry_after)
 
-                if len(indices) <= wire.MAX_ITEMS_PER_STORE:  # the common case: no task to spare
+                async def send_limited(chunk: list[int], flooded: list[int]) -> None:
+                    async with limiter:
+                        await send_chunk(chunk, flooded)
+
+                if len(indices) <= wire.MAX_ITEMS_PER_STORE:  # the common case: no task nor limiter
                     await send_chunk(indices, flooded)
                 else:
                     async with trio.open_nursery() as chunks:
                         for start in range(0, len(indices), wire.MAX_ITEMS_PER_STORE):
                             chunk = indices[start : start + wire.MAX_ITEMS_PER_STORE]
-                            chunks.start_soon(send_chunk, chunk, flooded)
+                            chunks.start_soon(send_limited, chunk, flooded)
                 # Refused for our rate: wait as long as the peer says (within reason) and send again.
                 indices = sorted(flooded)
                 if indices:
