@@ -209,13 +209,15 @@ def _source(peer: str) -> str:
         host = parse_address(peer).host
     except ValueError:
         return peer
+    if ":" not in host:  # IPv4, or a name (the simulator's): counted as it is, without parsing
+        return host
     try:
-        address = ipaddress.ip_address(host)
+        address = ipaddress.IPv6Address(host)
     except ValueError:
         return host
-    if address.version == 6 and address.ipv4_mapped is None:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
 
 
 class _ServedConnection:
