@@ -30,18 +30,12 @@ from benchmarks.report import report
 from simulator import SimNetwork, run_simulation
 from tesseract.client import Client, RemoteMixtureOfExperts
 from tesseract.dht import DHTNode
+from tesseract.expert_uid import grid_uids
 from tesseract.launch import split_evenly
 from tesseract.net.host import Host
 from tesseract.runtime import ExpertBackend, make_expert
 from tesseract.server import ExpertServer
 from tesseract.train.command import count_live_experts
-
-
-def grid_uids(prefix: str, grid: tuple[int, ...]) -> list[str]:
-    uids = [prefix]
-    for size in grid:
-        uids = [f"{uid}.{coordinate}" for uid in uids for coordinate in range(size)]
-    return uids
 
 
 def measure(grid: tuple[int, ...], options: argparse.Namespace) -> dict[str, Any]:

@@ -8,6 +8,7 @@ grid one prefix level at a time. Everything here is pure string handling: no DHT
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import NamedTuple
 
 UID_DELIMITER = "."
@@ -59,4 +60,20 @@ def uid_prefixes(uid: str) -> list[tuple[str, int]]:
     ]
 
 
-__all__ = ["MAX_COORDINATE", "UID_DELIMITER", "ExpertInfo", "parse_prefix", "parse_uid", "uid_prefixes"]
+def grid_uids(prefix: str, grid: Sequence[int]) -> list[str]:
+    """Every uid of a grid under ``prefix``, in order: ``ffn``, (2, 3) -> ``ffn.0.0`` ... ``ffn.1.2``."""
+    uids = [prefix]
+    for size in grid:
+        uids = [f"{uid}{UID_DELIMITER}{coordinate}" for uid in uids for coordinate in range(size)]
+    return uids
+
+
+__all__ = [
+    "MAX_COORDINATE",
+    "UID_DELIMITER",
+    "ExpertInfo",
+    "grid_uids",
+    "parse_prefix",
+    "parse_uid",
+    "uid_prefixes",
+]

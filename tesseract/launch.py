@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from tesseract.expert_uid import grid_uids
+
 _LISTENING = re.compile(r"listening on (\S+)")
 #: Set in every child's environment: the launcher's pid, so the child can ask to die with it.
 PARENT_PID_VARIABLE = "TESSERACT_PARENT_PID"
@@ -274,9 +276,7 @@ class LocalSwarm:
         checkpoint_dir: Path | None = None,
         server_arguments: Sequence[str] = (),
     ) -> None:
-        uids = [uid_prefix]
-        for size in grid:
-            uids = [f"{uid}.{coordinate}" for uid in uids for coordinate in range(size)]
+        uids = grid_uids(uid_prefix, grid)
         if not 1 <= servers <= len(uids):
             raise ValueError(f"need between 1 and {len(uids)} servers for a grid of {len(uids)} experts")
         self.uids = uids

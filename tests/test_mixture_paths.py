@@ -1,10 +1,11 @@
-"""``forward`` and ``forward_async`` of both mixture layers compute one model: same output, same loss."""
+"""The switch's ``forward`` and ``forward_async`` compute one model: same output, same balancing loss
+(the top-k mixture's twin check is in ``test_moe.py``)."""
 
 from __future__ import annotations
 
 import torch
 
-from tesseract.client import RemoteMixtureOfExperts, RemoteSwitchMixtureOfExperts
+from tesseract.client import RemoteSwitchMixtureOfExperts
 from tests.test_moe import GRID, HIDDEN, client_of_one_server, grid_backends
 from tests.worlds import World
 
@@ -28,22 +29,5 @@ def test_the_switch_gives_trio_code_the_same_output_and_balancing_loss(world: Wo
             assert len({e.uid for experts in routing for e in experts}) > 1  # the gate's weights matter
             torch.testing.assert_close(async_out, out.detach(), atol=1e-6, rtol=0)
             torch.testing.assert_close(async_balance, balance.detach(), atol=1e-6, rtol=0)
-
-    world.run(main)
-
-
-def test_the_top_k_mixture_gives_trio_code_the_same_output(world: World) -> None:
-    backends, _ = grid_backends()
-
-    async def main(world: World) -> None:
-        async with client_of_one_server(world, backends) as client:
-            torch.manual_seed(5)
-            moe = RemoteMixtureOfExperts(
-                in_features=HIDDEN, grid_size=GRID, uid_prefix="ffn", client=client, k_best=3
-            )
-            x = torch.randn(6, HIDDEN)
-            out = await client.host.compute(moe, x)
-            async_out = await moe.forward_async(x)
-            torch.testing.assert_close(async_out, out.detach(), atol=1e-6, rtol=0)
 
     world.run(main)

@@ -172,5 +172,7 @@ def test_trio_code_gets_the_same_mixture_without_threads(world: World) -> None:
             with torch.no_grad():
                 expected = local_mixture(moe, twins, x, failed=set())
             torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+            # ...and exactly what ``forward`` (torch code, through the bridge) computes.
+            torch.testing.assert_close(out, (await client.host.compute(moe, x)).detach(), atol=1e-6, rtol=0)
 
     world.run(main)

@@ -16,7 +16,7 @@ class DHTConfig:
     #: Budget of one request (its one retry included).
     request_timeout: float = 1.0
     retries: int = 1
-    #: Budget of a whole store or get.
+    #: Budget of a whole get; a store gets it plus the time its items take at ``store_rate``.
     operation_timeout: float = 10.0
     max_clock_skew: float = 5.0
     #: Records may not expire further than this in the future.

@@ -50,7 +50,8 @@ class ServerLimits:
     max_connections_per_address: int = 128
     #: A connection with nothing in flight and no frame begun is closed after this many seconds.
     idle_timeout: float = 300.0
-    #: A frame that has begun must complete within ``frame_timeout + claimed bytes / min_frame_rate``.
+    #: A frame that has begun must keep arriving: ``frame_timeout`` after its first byte, plus its
+    #: received bytes at ``min_frame_rate`` (bytes claimed but not sent buy no time).
     frame_timeout: float = DEFAULT_FRAME_TIMEOUT
     min_frame_rate: float = DEFAULT_MIN_FRAME_RATE
     #: Bytes all connections together may hold for frames not complete yet.
