@@ -49,12 +49,11 @@ class Parking:
 
     async def park(self) -> Any:
         self.waiter = trio.lowlevel.current_task()
+        return await trio.lowlevel.wait_task_rescheduled(self._abort)
 
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            self.waiter = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        return await trio.lowlevel.wait_task_rescheduled(abort)
+    def _abort(self, _: Any) -> trio.lowlevel.Abort:
+        self.waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def wake(self, value: Any = None) -> None:
         task = self.waiter
@@ -144,6 +143,8 @@ class SimStream(Stream):
             raise trio.BusyResourceError("another task is already receiving on this stream")
         await trio.lowlevel.checkpoint_if_cancelled()
         pipe = self._inbound
+        if pipe.chunks and not self._closed:
+            return pipe  # the common case: data waiting
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("stream was closed")
@@ -161,7 +162,8 @@ class SimStream(Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None:
-            max_bytes = operator.index(max_bytes)
+            if type(max_bytes) is not int:
+                max_bytes = operator.index(max_bytes)
             if max_bytes < 1:
                 raise ValueError("max_bytes must be at least 1")
         pipe = await self._readable()

@@ -27,20 +27,33 @@ REENCODING_SLACK = 10
 
 
 class AddressTokens:
+    #: Tokens of the current epoch kept, so that a busy node hashes once per peer and epoch rather
+    #: than once per reply; past this many peers the cache starts over.
+    CACHE_SIZE = 4096
+
     def __init__(self, secret: bytes, epoch: float = 600.0) -> None:
         if len(secret) < 16:
             raise ValueError("the token secret must have at least 16 bytes")
         self._secret = secret[:64]
         self.epoch = epoch
+        self._cache_epoch = -1
+        self._cache: dict[str, bytes] = {}
 
     def issue(self, address: str, now: float) -> bytes:
-        return self._token(address, int(now // self.epoch))
+        epoch = int(now // self.epoch)
+        if epoch != self._cache_epoch or len(self._cache) >= self.CACHE_SIZE:
+            self._cache_epoch, self._cache = epoch, {}
+        token = self._cache.get(address)
+        if token is None:
+            token = self._cache[address] = self._token(address, epoch)
+        return token
 
     def valid(self, address: str, token: bytes, now: float) -> bool:
         if len(token) != TOKEN_BYTES:
             return False
-        current = int(now // self.epoch)
-        return any(hmac.compare_digest(token, self._token(address, e)) for e in (current, current - 1))
+        if hmac.compare_digest(token, self.issue(address, now)):
+            return True
+        return hmac.compare_digest(token, self._token(address, int(now // self.epoch) - 1))
 
     def _token(self, address: str, epoch: int) -> bytes:
         data = epoch.to_bytes(8, "big", signed=True) + address.encode()
