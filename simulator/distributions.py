@@ -66,5 +66,34 @@ class Pareto(Distribution):
         return self.scale * rng.paretovariate(self.alpha)
 
 
+@dataclass(frozen=True)
+class ShiftedPareto(Distribution):
+    """Pareto shifted to start at 0 (Lomax), given by its ``mean`` and tail index ``alpha`` > 1:
+    OverSim's heavy-tailed session lengths. Smaller ``alpha``: a heavier tail."""
+
+    mean: float
+    alpha: float
+
+    def sample(self, rng: random.Random) -> float:
+        scale = self.mean * (self.alpha - 1)
+        return scale * (rng.paretovariate(self.alpha) - 1)
+
+
+@dataclass(frozen=True)
+class Jittered(Distribution):
+    """``base`` plus a uniform extra delay in [0, ``jitter``]."""
+
+    base: Distribution
+    jitter: float
+
+    def sample(self, rng: random.Random) -> float:
+        return self.base.sample(rng) + rng.uniform(0.0, self.jitter)
+
+
+def weibull_with_mean(mean: float, shape: float) -> Weibull:
+    """The Weibull distribution of this ``mean`` and ``shape`` (scale = mean / Γ(1 + 1/shape))."""
+    return Weibull(mean / math.gamma(1 + 1 / shape), shape)
+
+
 def as_distribution(value: float | Distribution) -> Distribution:
     return value if isinstance(value, Distribution) else Fixed(float(value))

@@ -23,3 +23,18 @@ class LinkProfile:
             raise ValueError(f"loss must be in [0, 1], got {self.loss}")
         if self.bandwidth is not None and self.bandwidth <= 0:
             raise ValueError(f"bandwidth must be positive, got {self.bandwidth}")
+
+
+@dataclass
+class AccessLink:
+    """One host's own link to the network, and the faults on it: its upload and download capacity
+    (bytes/s, None: unlimited), latency and loss added to every message it sends or receives, and
+    a clog (FoundationDB's: its messages held until then)."""
+
+    up: float | None = None
+    down: float | None = None
+    extra_latency: Distribution | None = None
+    extra_loss: float = 0.0
+    clogged_until: float = 0.0
+    up_free_at: float = 0.0
+    down_free_at: float = 0.0

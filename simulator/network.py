@@ -31,7 +31,7 @@ import trio.testing
 from simulator.determinism import deterministic_scheduling
 from simulator.distributions import Distribution, as_distribution
 from simulator.host import SimHost
-from simulator.links import LinkProfile
+from simulator.links import AccessLink, LinkProfile
 from simulator.trace import KIND_DATAGRAM, KIND_DROP, KIND_FAULT, KIND_STREAM, Event, Trace
 
 T = TypeVar("T")
@@ -73,9 +73,13 @@ class SimNetwork:
         self.sent_messages: list[int] = []
         self.sent_bytes: list[int] = []
         self._links: dict[tuple[int, int], LinkProfile] = {}
+        #: Zones (regions, graph nodes): a host's zone, and the link between two zones.
+        self._zone: dict[int, int] = {}
+        self._zone_links: dict[tuple[int, int], LinkProfile] = {}
+        self._access: dict[int, AccessLink] = {}
         self._link_free_at: dict[tuple[int, int], float] = {}
         self._group: dict[int, int] = {}  # host index -> partition group; absent = group 0
-        self._held: list[tuple[int, int, Callable[..., None], Any, int]] = []
+        self._held: list[tuple[int, int, Callable[..., None], Any, int, Any]] = []
         self._due: dict[int, list[tuple[Callable[..., None], Any]]] = {}
         self._ticks: list[int] = []
         self._trace = Trace(keep_events=record_events)
@@ -133,6 +137,28 @@ class SimNetwork:
         i, j = self.hosts[a].index, self.hosts[b].index
         self._links[(i, j)] = self._links[(j, i)] = profile
 
+    def set_zone(self, address: str, zone: int) -> None:
+        """Place a host in a zone: messages between zones use ``set_zone_link``'s profiles."""
+        self._zone[self.hosts[address].index] = zone
+
+    def set_zone_link(self, a: int, b: int, profile: LinkProfile) -> None:
+        """The link between zones ``a`` and ``b`` (both directions; ``a == b``: within a zone)."""
+        self._zone_links[(a, b)] = self._zone_links[(b, a)] = profile
+
+    def access(self, address: str) -> AccessLink:
+        """The host's own link (capacity, added latency and loss, clogs), created on first use."""
+        index = self.hosts[address].index
+        link = self._access.get(index)
+        if link is None:
+            link = self._access[index] = AccessLink()
+        return link
+
+    def clog(self, address: str, duration: float) -> None:
+        """Hold every message the host sends or receives until ``duration`` from now."""
+        link = self.access(address)
+        link.clogged_until = max(link.clogged_until, self.now + duration)
+        self.trace_fault("clog", self.hosts[address].index, round(duration * 1e3))
+
     def set_default_loss(self, loss: float) -> None:
         self.default_link = LinkProfile(self.default_link.latency, self.default_link.bandwidth, loss)
         self.trace_fault("loss", -1, int(loss * 1e6))
@@ -151,8 +177,8 @@ class SimNetwork:
         self._group = {}
         self.trace_fault("heal", -1, 0)
         held, self._held = self._held, []
-        for src, dst, deliver, payload, nbytes in held:
-            self.schedule(src, dst, nbytes, deliver, payload, KIND_STREAM)
+        for src, dst, deliver, payload, nbytes, in_order in held:
+            self.schedule(src, dst, nbytes, deliver, payload, KIND_STREAM, in_order)
 
     def crash(self, address: str) -> None:
         self.hosts[address].crash()
@@ -167,11 +193,23 @@ class SimNetwork:
     # ----- the delivery schedule ---------------------------------------------------------------
 
     def link(self, src: int, dst: int) -> LinkProfile:
-        return self._links.get((src, dst), self.default_link)
+        link = self._links.get((src, dst))
+        if link is None:
+            zone = self._zone
+            link = self._zone_links.get((zone.get(src, -1), zone.get(dst, -1)), self.default_link)
+        return link
 
     def arrival_time(self, src: int, dst: int, nbytes: int, *, stream: bool) -> float | None:
         """When a message sent now arrives, or None if the link loses it (datagrams only)."""
-        link = self._links.get((src, dst), self.default_link)
+        link = self._links.get((src, dst))
+        if link is None:
+            if self._zone_links:
+                zone = self._zone
+                link = self._zone_links.get((zone.get(src, -1), zone.get(dst, -1)), self.default_link)
+            else:
+                link = self.default_link
+        if self._access:
+            return self._arrival_with_access(link, src, dst, nbytes, stream)
         now = self.now
         if link.loss and self.rng.random() < link.loss:
             if not stream:
@@ -185,6 +223,42 @@ class SimNetwork:
             self._link_free_at[key] = departure
         return departure + link.latency.sample(self.rng)
 
+    def _arrival_with_access(
+        self, link: LinkProfile, src: int, dst: int, nbytes: int, stream: bool
+    ) -> float | None:
+        """``arrival_time`` when hosts have access links: the sender's upload queue, the path, the
+        receiver's download queue, and any fault on either end."""
+        sender, receiver = self._access.get(src), self._access.get(dst)
+        rng, now = self.rng, self.now
+        loss = link.loss
+        for end in (sender, receiver):
+            if end is not None and end.extra_loss:
+                loss = 1.0 - (1.0 - loss) * (1.0 - end.extra_loss)
+        if loss and rng.random() < loss:
+            if not stream:
+                return None
+            now += self.retransmit_delay
+        departure = now
+        if sender is not None:
+            departure = max(departure, sender.clogged_until)
+            if sender.up is not None:
+                departure = max(departure, sender.up_free_at) + nbytes / sender.up
+                sender.up_free_at = departure
+        if link.bandwidth is not None:
+            key = (src, dst)
+            departure = max(departure, self._link_free_at.get(key, 0.0)) + nbytes / link.bandwidth
+            self._link_free_at[key] = departure
+        arrival = departure + link.latency.sample(rng)
+        for end in (sender, receiver):
+            if end is not None and end.extra_latency is not None:
+                arrival += end.extra_latency.sample(rng)
+        if receiver is not None:
+            arrival = max(arrival, receiver.clogged_until)
+            if receiver.down is not None:
+                arrival = max(arrival, receiver.down_free_at) + nbytes / receiver.down
+                receiver.down_free_at = arrival
+        return arrival
+
     def schedule_at(self, when: float, deliver: Callable[[Any], None], payload: Any) -> None:
         """Run ``deliver(payload)`` at the first tick at or after virtual time ``when``."""
         tick = math.ceil(when / self.tick)
@@ -196,14 +270,22 @@ class SimNetwork:
             due.append((deliver, payload))
 
     def schedule(
-        self, src: int, dst: int, nbytes: int, deliver: Callable[[Any], None], payload: Any, kind: int
+        self,
+        src: int,
+        dst: int,
+        nbytes: int,
+        deliver: Callable[[Any], None],
+        payload: Any,
+        kind: int,
+        in_order: Any = None,
     ) -> bool:
-        """Send a message over the src->dst link; False if it was lost on the way."""
+        """Send a message over the src->dst link; False if it was lost on the way. ``in_order``: an
+        object with a ``last_arrival`` (a stream's pipe), after whose latest message this one arrives."""
         self.sent_messages[src] += 1
         self.sent_bytes[src] += nbytes
         if not self.reachable(src, dst):
             if kind == KIND_STREAM:
-                self._held.append((src, dst, deliver, payload, nbytes))
+                self._held.append((src, dst, deliver, payload, nbytes, in_order))
                 return True
             self._drop(kind, src, dst, nbytes)
             return False
@@ -211,6 +293,10 @@ class SimNetwork:
         if when is None:
             self._drop(kind, src, dst, nbytes)
             return False
+        if in_order is not None:
+            if when < in_order.last_arrival:
+                when = in_order.last_arrival
+            in_order.last_arrival = when
         self.schedule_at(when, deliver, payload)
         self._trace.record(self.now, kind, src, dst, nbytes)
         return True

@@ -22,7 +22,14 @@ class Wire(Protocol):
     """What streams and transports need of the network: sending a message."""
 
     def schedule(
-        self, src: int, dst: int, nbytes: int, deliver: Callable[[Any], None], payload: Any, kind: int
+        self,
+        src: int,
+        dst: int,
+        nbytes: int,
+        deliver: Callable[[Any], None],
+        payload: Any,
+        kind: int,
+        in_order: Pipe | None = None,
     ) -> bool: ...
 
 
@@ -65,7 +72,7 @@ class Parking:
 class Pipe(Parking):
     """One direction of a connection, as seen by its reader."""
 
-    __slots__ = ("chunks", "eof", "error", "incarnation", "offset", "owner")
+    __slots__ = ("chunks", "eof", "error", "incarnation", "last_arrival", "offset", "owner")
 
     def __init__(self, owner: StreamHost) -> None:
         super().__init__()
@@ -75,6 +82,9 @@ class Pipe(Parking):
         self.offset = 0  # bytes of chunks[0] already read
         self.eof = False
         self.error: BaseException | None = None
+        #: When the latest data sent into this pipe arrives: later data never arrives before it (TCP
+        #: delivers in order, whatever each segment's latency or retransmissions).
+        self.last_arrival = 0.0
 
     def alive(self) -> bool:
         return self.owner.up and self.owner.incarnation == self.incarnation
@@ -128,7 +138,13 @@ class SimStream(Stream):
             return
         payload = bytes(data)
         self._host.network.schedule(
-            self._host.index, self._remote.index, len(payload), outbound.deliver, payload, KIND_STREAM
+            self._host.index,
+            self._remote.index,
+            len(payload),
+            outbound.deliver,
+            payload,
+            KIND_STREAM,
+            outbound,
         )
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -201,7 +217,13 @@ class SimStream(Stream):
             self._host.streams.pop(self, None)
             if self._outbound is not None and self._host.up and self._inbound.error is None:
                 self._host.network.schedule(
-                    self._host.index, self._remote.index, 0, self._outbound.deliver_eof, None, KIND_STREAM
+                    self._host.index,
+                    self._remote.index,
+                    0,
+                    self._outbound.deliver_eof,
+                    None,
+                    KIND_STREAM,
+                    self._outbound,
                 )
             self._inbound.wake()
         await trio.lowlevel.checkpoint()
@@ -212,7 +234,13 @@ class SimStream(Stream):
         if self._outbound is not None:
             network = self._host.network
             network.schedule(
-                self._host.index, self._remote.index, 0, self._outbound.deliver_reset, None, KIND_STREAM
+                self._host.index,
+                self._remote.index,
+                0,
+                self._outbound.deliver_reset,
+                None,
+                KIND_STREAM,
+                self._outbound,
             )
         self._inbound.wake()
 

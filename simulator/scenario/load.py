@@ -1,0 +1,168 @@
+"""Reading a scenario file: YAML, overrides (``--profile``, ``--set``), typed decoding, and the checks.
+
+Everything wrong with a file ends in one ``ScenarioError`` that names the file, the field path
+(``groups[2].churn.session.shape``) and the reason, before anything runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from simulator.scenario.checks import check_scenario
+from simulator.scenario.errors import ScenarioError
+from simulator.scenario.schema import Scenario, dec_hook
+
+_AT = re.compile(r" - at `\$([^`]*)`")
+_STEP = re.compile(r"\.?([A-Za-z_][\w-]*)|\[([^\]]+)\]")
+
+
+def load_scenario(
+    file: str | Path, *, profile: str | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Scenario:
+    """The scenario in ``file``, with a profile's and then ``overrides``' values (``path=value``)
+    applied, decoded and checked. ``ScenarioError`` for anything wrong."""
+    file = Path(file)
+    name = str(file)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ScenarioError(name, "", f"cannot read it: {exc.strerror or exc}") from None
+    raw = parse_yaml(text, name)
+    if profile is not None:
+        profiles = raw.get("profiles") or {}
+        if not isinstance(profiles, dict) or profile not in profiles:
+            known = ", ".join(map(str, profiles)) if isinstance(profiles, dict) and profiles else "none"
+            raise ScenarioError(name, "profiles", f"no profile {profile!r} (the file has: {known})")
+        chosen = profiles[profile]
+        if not isinstance(chosen, dict):
+            raise ScenarioError(name, f"profiles.{profile}", "a profile maps paths to values")
+        for path, value in chosen.items():
+            apply_override(raw, str(path), value, name, origin=f"profiles.{profile}")
+    for item in overrides:
+        path, sep, text_value = item.partition("=")
+        if not sep or not path.strip():
+            raise ScenarioError(name, "--set", f"expected PATH=VALUE, got {item!r}")
+        try:
+            value = yaml.safe_load(text_value) if text_value.strip() else ""
+        except yaml.YAMLError:
+            value = text_value
+        apply_override(raw, path.strip(), value, name, origin="--set")
+    scenario = decode(raw, name)
+    check_scenario(scenario, name, base_dir=file.parent)
+    if not scenario.name:
+        scenario.name = file.stem
+    return scenario
+
+
+def parse_yaml(text: str, name: str) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError(name, where, f"not valid YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ScenarioError(name, "", "a scenario is a mapping (seed, duration, network, groups, ...)")
+    return raw
+
+
+def decode(raw: dict[str, Any], name: str) -> Scenario:
+    try:
+        return msgspec.convert(raw, Scenario, dec_hook=dec_hook)
+    except msgspec.ValidationError as exc:
+        path, reason = split_validation_error(str(exc))
+        raise ScenarioError(name, path, reason) from None
+
+
+def split_validation_error(message: str) -> tuple[str, str]:
+    """msgspec's ``"reason - at `$.a[1].b`"`` (nested: several ``at``s, innermost first) as a field path
+    and a reason in plain words."""
+    parts = _AT.findall(message)
+    reason = _AT.sub("", message).strip()
+    path = "".join(reversed(parts)).lstrip(".")
+    reason = _plain(reason)
+    if reason.startswith("unknown key "):
+        path = f"{path}.{reason.removeprefix('unknown key ')}".lstrip(".")
+    return path, reason
+
+
+def _plain(reason: str) -> str:
+    reason = reason.replace("`", "")
+    if reason.startswith("Object contains unknown field "):
+        return f"unknown key {reason.removeprefix('Object contains unknown field ')}"
+    if reason.startswith("Object missing required field "):
+        return f"missing required key {reason.removeprefix('Object missing required field ')}"
+    if reason.startswith("Invalid value "):
+        return f"invalid value {reason.removeprefix('Invalid value ')}"
+    return reason[:1].lower() + reason[1:]
+
+
+def apply_override(raw: dict[str, Any], path: str, value: Any, name: str, *, origin: str) -> None:
+    """Set ``path`` (``groups[1].count``, ``groups[servers].count``: a group by name) in the raw
+    document; mappings on the way are created, list items must exist."""
+    steps = _steps(path, name, origin)
+    node: Any = raw
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1
+        where = _join(steps[: i + 1])
+        if isinstance(step, int | str) and isinstance(node, list):
+            index = _list_index(node, step, name, origin, where)
+            if last:
+                node[index] = copy.deepcopy(value)
+            else:
+                node = node[index]
+            continue
+        if not isinstance(node, dict) or not isinstance(step, str):
+            raise ScenarioError(name, f"{origin} {path}", f"{_join(steps[:i]) or 'the top'} is not a mapping")
+        if last:
+            node[step] = copy.deepcopy(value)
+        else:
+            if step not in node or node[step] is None:
+                node[step] = {}
+            node = node[step]
+
+
+def _steps(path: str, name: str, origin: str) -> list[int | str]:
+    steps: list[int | str] = []
+    position = 0
+    while position < len(path):
+        match = _STEP.match(path, position)
+        if match is None or match.end() == position:
+            raise ScenarioError(name, f"{origin} {path}", "not a field path like groups[1].count")
+        key, index = match.groups()
+        if key is not None:
+            steps.append(key)
+        else:
+            steps.append(int(index) if index.strip().lstrip("-").isdigit() else index.strip())
+        position = match.end()
+    return steps
+
+
+def _list_index(items: list[Any], step: int | str, name: str, origin: str, where: str) -> int:
+    if isinstance(step, int):
+        if not -len(items) <= step < len(items):
+            raise ScenarioError(name, f"{origin} {where}", f"there are only {len(items)} items")
+        return step
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == step:
+            return index
+    raise ScenarioError(name, f"{origin} {where}", f"no item named {step!r}")
+
+
+def _join(steps: list[int | str]) -> str:
+    text = ""
+    for step in steps:
+        text += (
+            f"[{step}]" if isinstance(step, int) or (text and not str(step).isidentifier()) else f".{step}"
+        )
+    return text.lstrip(".")
+
+
+__all__ = ["ScenarioError", "apply_override", "load_scenario", "split_validation_error"]
