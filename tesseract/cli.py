@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     swarm_command.add_arguments(swarm)
     train = commands.add_parser("train", help="train a mixture-of-experts classifier through the swarm")
     train_options.add_arguments(train)
+    sim = commands.add_parser("sim", help="run a scenario file in the simulator and report on it")
+    from simulator import command as sim_command  # torch-free: the simulator loads torch only to run
+
+    sim_command.add_arguments(sim)
     bench = commands.add_parser("bench", help="run a benchmark from benchmarks/ (in a source checkout)")
     bench.add_argument("name", choices=["net", "dht", "throughput", "moe"], help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
@@ -58,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tesseract.train import command as train_command  # loads torch
 
         return train_command.run(options)
+    if options.command == "sim":
+        from simulator import command as sim_command
+
+        return sim_command.run(options)
     if options.command == "bench":
         script = BENCHMARKS / f"bench_{options.name}.py"
         if not script.exists():

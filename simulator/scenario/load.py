@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,12 @@ import yaml
 
 from simulator.scenario.checks import check_scenario
 from simulator.scenario.errors import ScenarioError
-from simulator.scenario.schema import Scenario, dec_hook
+from simulator.scenario.schema import FIELD_PREFIX, DistributionSpec, Scenario, dec_hook
 
 _AT = re.compile(r" - at `\$([^`]*)`")
 _STEP = re.compile(r"\.?([A-Za-z_][\w-]*)|\[([^\]]+)\]")
+_FIELD = re.compile(rf"^{FIELD_PREFIX}([A-Za-z_]\w*): ", re.DOTALL)
+_KINDS = ", ".join(sorted(spec.__struct_config__.tag for spec in typing.get_args(DistributionSpec)))
 
 
 def load_scenario(
@@ -87,9 +90,14 @@ def split_validation_error(message: str) -> tuple[str, str]:
     parts = _AT.findall(message)
     reason = _AT.sub("", message).strip()
     path = "".join(reversed(parts)).lstrip(".")
+    field = _FIELD.match(reason)
+    if field is not None:  # a check on one field (``schema._field``): the field goes on the path
+        return f"{path}.{field.group(1)}".lstrip("."), reason[field.end() :]
     reason = _plain(reason)
     if reason.startswith("unknown key "):
         path = f"{path}.{reason.removeprefix('unknown key ')}".lstrip(".")
+    elif path.endswith("kind") and reason.startswith("invalid value "):  # a distribution's tag
+        reason = f"unknown distribution kind {reason.removeprefix('invalid value ')} (kinds: {_KINDS})"
     return path, reason
 
 
@@ -109,9 +117,9 @@ def apply_override(raw: dict[str, Any], path: str, value: Any, name: str, *, ori
     document; mappings on the way are created, list items must exist."""
     steps = _steps(path, name, origin)
     node: Any = raw
-    for i, step in enumerate(steps):
+    for i, (step, end) in enumerate(steps):
         last = i == len(steps) - 1
-        where = _join(steps[: i + 1])
+        where = path[:end].strip()
         if isinstance(step, int | str) and isinstance(node, list):
             index = _list_index(node, step, name, origin, where)
             if last:
@@ -120,7 +128,9 @@ def apply_override(raw: dict[str, Any], path: str, value: Any, name: str, *, ori
                 node = node[index]
             continue
         if not isinstance(node, dict) or not isinstance(step, str):
-            raise ScenarioError(name, f"{origin} {path}", f"{_join(steps[:i]) or 'the top'} is not a mapping")
+            above = path[: steps[i - 1][1]].strip() if i else "the top"
+            what = "a mapping, not a list" if isinstance(node, dict) else "not a mapping"
+            raise ScenarioError(name, f"{origin} {where}", f"{above} is {what}")
         if last:
             node[step] = copy.deepcopy(value)
         else:
@@ -129,19 +139,20 @@ def apply_override(raw: dict[str, Any], path: str, value: Any, name: str, *, ori
             node = node[step]
 
 
-def _steps(path: str, name: str, origin: str) -> list[int | str]:
-    steps: list[int | str] = []
+def _steps(path: str, name: str, origin: str) -> list[tuple[int | str, int]]:
+    """Each step of ``path`` (a key, a list index or an item's name) and where in ``path`` it ends."""
+    steps: list[tuple[int | str, int]] = []
     position = 0
     while position < len(path):
         match = _STEP.match(path, position)
         if match is None or match.end() == position:
             raise ScenarioError(name, f"{origin} {path}", "not a field path like groups[1].count")
         key, index = match.groups()
-        if key is not None:
-            steps.append(key)
-        else:
-            steps.append(int(index) if index.strip().lstrip("-").isdigit() else index.strip())
         position = match.end()
+        if key is not None:
+            steps.append((key, position))
+        else:
+            steps.append((int(index) if index.strip().lstrip("-").isdigit() else index.strip(), position))
     return steps
 
 
@@ -154,15 +165,6 @@ def _list_index(items: list[Any], step: int | str, name: str, origin: str, where
         if isinstance(item, dict) and item.get("name") == step:
             return index
     raise ScenarioError(name, f"{origin} {where}", f"no item named {step!r}")
-
-
-def _join(steps: list[int | str]) -> str:
-    text = ""
-    for step in steps:
-        text += (
-            f"[{step}]" if isinstance(step, int) or (text and not str(step).isidentifier()) else f".{step}"
-        )
-    return text.lstrip(".")
 
 
 __all__ = ["ScenarioError", "apply_override", "load_scenario", "split_validation_error"]

@@ -60,7 +60,7 @@ class UniformSpec(msgspec.Struct, tag="uniform", **_STRUCT):
 
     def __post_init__(self) -> None:
         if self.high < self.low:
-            raise ValueError(f"high ({self.high:g} s) is below low ({self.low:g} s)")
+            raise _field("high", f"{self.high:g} s is below low ({self.low:g} s)")
 
     def build(self) -> Distribution:
         return Uniform(self.low, self.high)
@@ -111,7 +111,7 @@ class ParetoSpec(msgspec.Struct, tag="pareto", **_STRUCT):
     def __post_init__(self) -> None:
         _positive("mean", self.mean)
         if not self.alpha > 1:
-            raise ValueError(f"alpha must be above 1 for the mean to exist, got {self.alpha}")
+            raise _field("alpha", f"must be above 1 for the mean to exist, got {self.alpha:g}")
 
     def build(self) -> Distribution:
         return ShiftedPareto(self.mean, self.alpha)
@@ -229,7 +229,7 @@ class Churn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def __post_init__(self) -> None:
         _share("graceful", self.graceful)
         if self.min_alive < 0:
-            raise ValueError(f"min_alive cannot be negative, got {self.min_alive}")
+            raise _field("min_alive", f"cannot be negative, got {self.min_alive}")
         if self.trace is None and self.session is None:
             raise ValueError("churn needs a session distribution or a trace file")
         if self.trace is not None and (self.session is not None or self.downtime is not None):
@@ -277,14 +277,14 @@ class TrainerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if not self.grid or any(size < 1 for size in self.grid):
-            raise ValueError(f"grid needs one or more positive sizes, got {self.grid}")
+            raise _field("grid", f"needs one or more positive sizes, got {self.grid}")
         for name in ("hidden_dim", "k_best", "k_min", "batch_size", "evaluate_every"):
             _positive(name, getattr(self, name))
         _positive("learning_rate", self.learning_rate)
         if self.k_min > self.k_best:
-            raise ValueError(f"k_min ({self.k_min}) cannot exceed k_best ({self.k_best})")
+            raise _field("k_min", f"{self.k_min} cannot exceed k_best ({self.k_best})")
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be positive, got {self.steps}")
+            raise _field("steps", f"must be positive, got {self.steps}")
 
 
 Role = Literal["dht", "server", "trainer"]
@@ -308,9 +308,9 @@ class Group(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
-            raise ValueError(f"a group name is letters, digits, '-' and '_', got {self.name!r}")
+            raise _field("name", f"a group name is letters, digits, '-' and '_', got {self.name!r}")
         if self.count < 0:
-            raise ValueError(f"count cannot be negative, got {self.count}")
+            raise _field("count", f"cannot be negative, got {self.count}")
         if self.role == "server" and self.server is None:
             raise ValueError("a server group needs a 'server' section (at least its experts)")
         if self.role == "trainer" and self.trainer is None:
@@ -320,8 +320,8 @@ class Group(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if self.role != "trainer" and self.trainer is not None:
             raise ValueError(f"a {self.role} group takes no 'trainer' section")
         if self.role == "server" and not self.inbound:
-            raise ValueError(
-                "a server must accept inbound connections (inbound: false is for dht and trainers)"
+            raise _field(
+                "inbound", "a server must accept inbound connections (inbound: false is for dht and trainers)"
             )
 
 
@@ -343,7 +343,7 @@ class Target(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if self.count is not None and self.share is not None:
             raise ValueError("give count or share, not both")
         if self.count is not None and self.count < 1:
-            raise ValueError(f"count must be positive, got {self.count}")
+            raise _field("count", f"must be positive, got {self.count}")
         _share("share", self.share)
 
 
@@ -376,13 +376,15 @@ class Fault(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError(f"a {kind} fault needs a target")
         if kind == "partition":
             if not self.between or len(self.between) < 2 or not all(self.between):
-                raise ValueError("a partition needs 'between': two or more non-empty sides")
+                raise _field("between", "a partition needs two or more non-empty sides")
         elif self.between is not None:
-            raise ValueError(f"'between' is for partitions, not {kind}")
+            raise _field("between", f"is for partitions, not {kind}")
         if kind in ("restart", "heal") and self.lasts is not None:
-            raise ValueError(f"a {kind} takes no 'for'")
-        if kind == "slow" and (self.factor is None or self.factor <= 0):
-            raise ValueError("a slow fault needs a positive 'factor'")
+            raise _field("for", f"a {kind} takes no 'for'")
+        if kind == "slow" and self.factor is None:
+            raise ValueError("a slow fault needs 'factor': how many times longer compute takes")
+        if kind == "slow":
+            _positive("factor", self.factor)
         if kind == "degrade" and self.latency is None and self.loss is None:
             raise ValueError("a degrade fault needs 'latency', 'loss' or both")
         _share("loss", self.loss)
@@ -442,20 +444,29 @@ class Scenario(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         _positive("duration", self.duration)
         _positive("tick", self.tick)
         if not self.groups:
-            raise ValueError("a scenario needs at least one group")
+            raise _field("groups", "a scenario needs at least one group")
 
 
 # ----- decoding -------------------------------------------------------------------------------
 
 
+#: How a check on one field starts its message, so that the loader can put the field on the path
+#: (msgspec places a ``__post_init__`` error at the structure, not at the field).
+FIELD_PREFIX = "field "
+
+
+def _field(name: str, reason: str) -> ValueError:
+    return ValueError(f"{FIELD_PREFIX}{name}: {reason}")
+
+
 def _positive(name: str, value: float | None) -> None:
     if value is not None and not value > 0:
-        raise ValueError(f"{name} must be positive, got {value:g}")
+        raise _field(name, f"must be positive, got {value:g}")
 
 
 def _share(name: str, value: float | None) -> None:
     if value is not None and not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} is a share within [0, 1], got {value:g}")
+        raise _field(name, f"must be a share within [0, 1], got {value:g}")
 
 
 def dec_hook(type_: type, value: Any) -> Any:
@@ -499,6 +510,7 @@ def resolved(scenario: Scenario) -> dict[str, Any]:
 
 __all__ = [
     "ALL_FAMILIES",
+    "FIELD_PREFIX",
     "TARGETED",
     "Bandwidth",
     "Bandwidths",

@@ -1,8 +1,8 @@
 """Quantities with units, as scenario files write them (Shadow's style): ``"50 ms"``, ``"2 h"``,
 ``"10 Mbit"``, ``"4 MiB"``. A bare number is seconds, bytes, or bytes per second.
 
-Bandwidth units name bits or bytes per second (``"10 Mbit"`` is 10 megabits per second, ``"1 MiB"``
-a mebibyte per second), since a link's capacity is always a rate.
+Bandwidth units name bits or bytes per second (``"10 Mbit"`` and ``"10 Mbps"`` are 10 megabits per
+second, ``"1 MiB"`` a mebibyte per second), since a link's capacity is always a rate.
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ _BITS = {
     "Kibit": 1024,
     "Mibit": 1024**2,
     "Gibit": 1024**3,
+    # With the "ps" of "Mbps" taken off, as network figures are usually written.
+    "kb": 1000,
+    "Kb": 1000,
+    "Mb": 1000**2,
+    "Gb": 1000**3,
 }
 
 

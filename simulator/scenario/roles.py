@@ -1,0 +1,184 @@
+"""What each kind of scenario member runs: a DHT node, an expert server (with its DHT node), or a
+trainer. Tesseract's own classes, started as its commands start them; this module loads torch."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
+
+import torch
+import trio
+
+from tesseract.client import Client
+from tesseract.client.discovery import get_active_successors
+from tesseract.client.moe import RemoteMixtureOfExperts
+from tesseract.dht import DHTConfig, DHTNode
+from tesseract.expert_uid import parse_uid
+from tesseract.runtime.backend import ExpertBackend, adam
+from tesseract.runtime.zoo import make_expert
+from tesseract.server import ExpertServer
+from tesseract.server.options import expand_experts
+from tesseract.train.data import load_digits
+from tesseract.train.model import MixtureClassifier
+from tesseract.train.trainer import TrainConfig, Trainer
+
+if TYPE_CHECKING:
+    from simulator.scenario.runner import Member, ScenarioRun
+
+_DIGITS = None
+
+
+def _digits():
+    global _DIGITS
+    if _DIGITS is None:
+        _DIGITS = load_digits()
+    return _DIGITS
+
+
+def experts_of(member: Member) -> list[str]:
+    """The member's share of its group's experts: contiguous slices, or all of them (replicas)."""
+    settings = member.group.server
+    assert settings is not None
+    uids = expand_experts(settings.experts)
+    if settings.replicate:
+        return uids
+    count = member.group.count
+    start = len(uids) * member.index // count
+    end = len(uids) * (member.index + 1) // count
+    return uids[start:end]
+
+
+async def run_member(run: ScenarioRun, member: Member, peers: list[str]) -> None:
+    role = member.group.role
+    async with AsyncExitStack() as stack:
+        if role in ("dht", "server"):
+            config = DHTConfig(client_mode=not member.group.inbound)
+            member.services["dht"] = await stack.enter_async_context(
+                DHTNode.start(member.host, peers, config=config, leave_gracefully=True)
+            )
+        if role == "dht":
+            member.ready = True
+            await trio.sleep_forever()
+        if role == "server":
+            await _serve(run, member, stack)
+        if role == "trainer":
+            await _train(run, member, peers, stack)
+
+
+async def _serve(run: ScenarioRun, member: Member, stack: AsyncExitStack) -> None:
+    settings = member.group.server
+    assert settings is not None
+    torch.manual_seed(run.scenario.seed * 1_000_003 + member.host.index)
+    backends = []
+    for uid in experts_of(member):
+        module, schema = make_expert(settings.expert_cls, settings.hidden_dim)
+        backends.append(
+            ExpertBackend(
+                uid,
+                module,
+                schema,
+                optimizer=lambda params: adam(params, lr=settings.learning_rate),
+                max_batch_size=settings.max_batch_size,
+            )
+        )
+    checkpoint_dir = None
+    options = {}
+    if settings.checkpoint_period is not None:
+        checkpoint_dir = run.work_dir / "checkpoints" / member.name
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        options["checkpoint_period"] = settings.checkpoint_period
+    server = await stack.enter_async_context(
+        ExpertServer.start(
+            member.host,
+            backends,
+            dht=member.services["dht"],
+            update_period=settings.announce_period,
+            checkpoint_dir=checkpoint_dir,
+            fault_rate=member.services.get("fault_rate", settings.fault_rate),
+            **options,
+        )
+    )
+    member.services["server"] = server
+    if "servers" in run.scenario.metrics.record:
+        recorder = run.recorder
+
+        def on_batch(uid: str, kind: str, rows: list[int]) -> None:
+            recorder.observe("server.batch_size", trio.current_time(), sum(rows), label=kind)
+
+        server.runtime.on_batch = on_batch
+    member.ready = True
+    await trio.sleep_forever()
+
+
+async def _train(run: ScenarioRun, member: Member, peers: list[str], stack: AsyncExitStack) -> None:
+    settings = member.group.trainer
+    assert settings is not None
+    client = await stack.enter_async_context(Client.attach(member.host, peers))
+    torch.manual_seed(run.scenario.seed * 1_000_003 + member.host.index)
+    mixture = RemoteMixtureOfExperts(
+        in_features=settings.hidden_dim,
+        grid_size=tuple(settings.grid),
+        uid_prefix=settings.uid_prefix,
+        client=client,
+        k_best=settings.k_best,
+        k_min=settings.k_min,
+        forward_timeout=settings.forward_timeout,
+        backward_timeout=settings.backward_timeout,
+        timeout_after_k_min=settings.timeout_after_k_min,
+    )
+    data = _digits()
+    model = MixtureClassifier(data.features, data.classes, mixture)
+    config = TrainConfig(
+        epochs=10**6,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        seed=run.scenario.seed + member.host.index,
+        log_every=0,
+        max_steps=settings.steps,
+        max_consecutive_failures=10**9,  # a swarm cut off for a while waits, as a volunteer would
+    )
+    trainer = Trainer(model, data, client, config, report=lambda line: None)
+    member.services["trainer"] = trainer
+    member.services["client"] = client
+    member.ready = True
+    await trainer.run_async()
+    await trio.sleep_forever()  # done: stays in the swarm, idle
+
+
+async def sample_grids(run: ScenarioRun) -> None:
+    """The share of each trainer grid whose experts a live trainer finds in the DHT now."""
+    grids: dict[str, tuple[int, ...]] = {}
+    for group in run.scenario.groups:
+        if group.trainer is not None:
+            grids[group.trainer.uid_prefix] = tuple(group.trainer.grid)
+    for prefix, grid in grids.items():
+        finder_owner = next(
+            (
+                m
+                for m in run.members
+                if m.alive
+                and "trainer" in m.services
+                and m.group.trainer
+                and m.group.trainer.uid_prefix == prefix
+            ),
+            None,
+        )
+        if finder_owner is None:
+            continue
+        dht = finder_owner.services["client"].require_dht()
+        total = 1
+        for size in grid:
+            total *= size
+        prefixes = [prefix]
+        try:
+            with trio.move_on_after(run.scenario.metrics.interval / 2):
+                for size in grid:
+                    successors = await get_active_successors(dht, prefixes, size)
+                    prefixes = [f"{p}.{c}" for p in prefixes for c in sorted(successors[p]) if c < size]
+        except Exception:
+            continue
+        found = len(prefixes) if all(len(parse_uid(p)[1]) == len(grid) for p in prefixes) else 0
+        run.recorder.sample("grid.findable", trio.current_time(), found / total, label=prefix)
+
+
+__all__ = ["experts_of", "run_member", "sample_grids"]
