@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -84,9 +85,19 @@ def run_and_report(scenario, base_dir: Path, out: Path, *, progress: bool) -> in
     from simulator.scenario.schema import resolved
 
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="tesseract-sim-") as work:
-        runner = ScenarioRun(scenario, base_dir=base_dir, work_dir=Path(work), progress=progress)
-        result = runner.run()
+    # The nodes' log lines (a trainer skipping a step, a server restoring) go to the run's log, not
+    # over the progress bar.
+    log = logging.FileHandler(out / "run.log", mode="w")
+    log.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(log)
+    try:
+        with tempfile.TemporaryDirectory(prefix="tesseract-sim-") as work:
+            runner = ScenarioRun(scenario, base_dir=base_dir, work_dir=Path(work), progress=progress)
+            result = runner.run()
+    finally:
+        root.removeHandler(log)
+        log.close()
     notes = list(result.notes)
     if result.error is not None:
         notes.append(f"stopped: {result.error}")

@@ -46,22 +46,53 @@ class SimBridge(Bridge):
         requests.put(("call", (async_fn, args)))
         return replies.get().unwrap()
 
-    async def run_in_worker(self, fn: Callable[..., T], args: tuple[Any, ...], *, thread_name: str) -> T:
+    async def run_in_worker(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         """Run ``fn(*args)`` in a worker thread, serving its ``run`` calls, and return its result."""
         requests: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         replies: queue.SimpleQueue[outcome.Outcome[Any]] = queue.SimpleQueue()
         local = self._local
 
-        def work() -> None:
+        def work() -> Callable[[], None]:
             local.channel = (requests, replies)
-            requests.put(("done", outcome.capture(fn, *args)))
+            try:
+                result = outcome.capture(fn, *args)
+            finally:
+                local.channel = None
+            return lambda: requests.put(("done", result))
 
-        worker = threading.Thread(target=work, name=thread_name, daemon=True)
-        worker.start()
+        _WORKERS.submit(work)
         while True:
             kind, item = requests.get()  # blocks the loop on purpose: virtual time must not move
             if kind == "done":
-                worker.join()
                 return item.unwrap()
             async_fn, call_args = item
             replies.put(await outcome.acapture(async_fn, *call_args))
+
+
+class _WorkerPool:
+    """Threads for ``run_in_worker``, kept for reuse: a new thread per call cost more than small
+    experts' compute. One runs at a time; more exist only while some wait inside ``bridge.run``."""
+
+    def __init__(self) -> None:
+        self._idle: list[queue.SimpleQueue[Callable[[], Callable[[], None]]]] = []
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], Callable[[], None]]) -> None:
+        """Run ``job`` in an idle thread (or a new one); it returns how to hand its result over, which
+        the thread does once it is idle again, so the next call finds it free."""
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(inbox,), name="sim-compute", daemon=True).start()
+        inbox.put(job)
+
+    def _serve(self, inbox: queue.SimpleQueue[Callable[[], Callable[[], None]]]) -> None:
+        while True:
+            hand_over = inbox.get()()
+            with self._lock:
+                self._idle.append(inbox)
+            hand_over()
+
+
+_WORKERS = _WorkerPool()

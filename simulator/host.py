@@ -138,6 +138,6 @@ class SimHost(Host):
         """
         await self.checkpoint_up()
         async with self._device:
-            result = await self.bridge.run_in_worker(fn, args, thread_name=f"sim-compute-{self.address}")
+            result = await self.bridge.run_in_worker(fn, args)
             await trio.sleep(self.profile.cost(flops))
         return result

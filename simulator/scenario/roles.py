@@ -23,7 +23,8 @@ from tesseract.train.model import MixtureClassifier
 from tesseract.train.trainer import TrainConfig, Trainer
 
 if TYPE_CHECKING:
-    from simulator.scenario.runner import Member, ScenarioRun
+    from simulator.scenario.members import Member, RoleContext
+    from simulator.scenario.schema import Group
 
 _DIGITS = None
 
@@ -48,14 +49,15 @@ def experts_of(member: Member) -> list[str]:
     return uids[start:end]
 
 
-async def run_member(run: ScenarioRun, member: Member, peers: list[str]) -> None:
+async def run_member(run: RoleContext, member: Member, peers: list[str]) -> None:
     role = member.group.role
     async with AsyncExitStack() as stack:
         if role in ("dht", "server"):
             config = DHTConfig(client_mode=not member.group.inbound)
-            member.services["dht"] = await stack.enter_async_context(
+            node = member.services["dht"] = await stack.enter_async_context(
                 DHTNode.start(member.host, peers, config=config, leave_gracefully=True)
             )
+            _observe_requests(run, node.rpc.router)
         if role == "dht":
             member.ready = True
             await trio.sleep_forever()
@@ -65,10 +67,10 @@ async def run_member(run: ScenarioRun, member: Member, peers: list[str]) -> None
             await _train(run, member, peers, stack)
 
 
-async def _serve(run: ScenarioRun, member: Member, stack: AsyncExitStack) -> None:
+async def _serve(run: RoleContext, member: Member, stack: AsyncExitStack) -> None:
     settings = member.group.server
     assert settings is not None
-    torch.manual_seed(run.scenario.seed * 1_000_003 + member.host.index)
+    torch.manual_seed(run.seed * 1_000_003 + member.host.index)
     backends = []
     for uid in experts_of(member):
         module, schema = make_expert(settings.expert_cls, settings.hidden_dim)
@@ -99,7 +101,8 @@ async def _serve(run: ScenarioRun, member: Member, stack: AsyncExitStack) -> Non
         )
     )
     member.services["server"] = server
-    if "servers" in run.scenario.metrics.record:
+    _observe_requests(run, server.rpc.router)
+    if "servers" in run.families:
         recorder = run.recorder
 
         def on_batch(uid: str, kind: str, rows: list[int]) -> None:
@@ -110,11 +113,11 @@ async def _serve(run: ScenarioRun, member: Member, stack: AsyncExitStack) -> Non
     await trio.sleep_forever()
 
 
-async def _train(run: ScenarioRun, member: Member, peers: list[str], stack: AsyncExitStack) -> None:
+async def _train(run: RoleContext, member: Member, peers: list[str], stack: AsyncExitStack) -> None:
     settings = member.group.trainer
     assert settings is not None
     client = await stack.enter_async_context(Client.attach(member.host, peers))
-    torch.manual_seed(run.scenario.seed * 1_000_003 + member.host.index)
+    torch.manual_seed(run.seed * 1_000_003 + member.host.index)
     mixture = RemoteMixtureOfExperts(
         in_features=settings.hidden_dim,
         grid_size=tuple(settings.grid),
@@ -132,7 +135,7 @@ async def _train(run: ScenarioRun, member: Member, peers: list[str], stack: Asyn
         epochs=10**6,
         batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
-        seed=run.scenario.seed + member.host.index,
+        seed=run.seed + member.host.index,
         log_every=0,
         max_steps=settings.steps,
         max_consecutive_failures=10**9,  # a swarm cut off for a while waits, as a volunteer would
@@ -145,17 +148,31 @@ async def _train(run: ScenarioRun, member: Member, peers: list[str], stack: Asyn
     await trio.sleep_forever()  # done: stays in the swarm, idle
 
 
-async def sample_grids(run: ScenarioRun) -> None:
+def _observe_requests(run: RoleContext, router) -> None:
+    """Each request the member served, timed: the report's RPC latency per method."""
+    if "rpc" not in run.families:
+        return
+    recorder = run.recorder
+
+    def on_request(method: str, seconds: float, code: str | None) -> None:
+        now = trio.current_time()
+        recorder.observe("rpc.latency", now - seconds, seconds, label=method)
+        recorder.observe("rpc.success", now - seconds, 0.0 if code else 1.0, label=method)
+
+    router.on_request = on_request
+
+
+async def sample_grids(run: RoleContext, members: list[Member], groups: list[Group]) -> None:
     """The share of each trainer grid whose experts a live trainer finds in the DHT now."""
     grids: dict[str, tuple[int, ...]] = {}
-    for group in run.scenario.groups:
+    for group in groups:
         if group.trainer is not None:
             grids[group.trainer.uid_prefix] = tuple(group.trainer.grid)
     for prefix, grid in grids.items():
         finder_owner = next(
             (
                 m
-                for m in run.members
+                for m in members
                 if m.alive
                 and "trainer" in m.services
                 and m.group.trainer
@@ -171,7 +188,7 @@ async def sample_grids(run: ScenarioRun) -> None:
             total *= size
         prefixes = [prefix]
         try:
-            with trio.move_on_after(run.scenario.metrics.interval / 2):
+            with trio.move_on_after(run.interval / 2):
                 for size in grid:
                     successors = await get_active_successors(dht, prefixes, size)
                     prefixes = [f"{p}.{c}" for p in prefixes for c in sorted(successors[p]) if c < size]

@@ -22,40 +22,18 @@ import trio
 
 from simulator.compute import DeviceProfile
 from simulator.distributions import Distribution, Jittered, as_distribution
-from simulator.host import SimHost
 from simulator.links import LinkProfile
 from simulator.network import SimNetwork, run_simulation
 from simulator.scenario.checks import trace_member
 from simulator.scenario.devices import PRESETS
+from simulator.scenario.members import Member, RoleContext
 from simulator.scenario.metrics import Recorder
-from simulator.scenario.schema import Fault, Group, Scenario, Target
+from simulator.scenario.schema import Fault, Scenario, Target
 from simulator.scenario.units import parse_duration
 
 #: How long a probe record lives, and how often the probe stores it again.
 PROBE_TTL = 3600.0
 PROBE_REFRESH = 600.0
-
-
-@dataclass
-class Member:
-    """One node of a group, across its sessions (a restart is a new process on the same host)."""
-
-    group: Group
-    index: int
-    host: SimHost
-    region: str | None
-    alive: bool = False
-    ready: bool = False  # its services are up (a DHT node joined, a server announced)
-    session_started: float = 0.0
-    scope: trio.CancelScope | None = None
-    stopped: trio.Event = field(default_factory=trio.Event)
-    services: dict[str, Any] = field(default_factory=dict)
-    #: Counters carried over from earlier sessions (a restart starts its objects from zero).
-    carried: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return f"{self.group.name}-{self.index}"
 
 
 @dataclass
@@ -91,6 +69,13 @@ class ScenarioRun:
         self.now = 0.0
         self.notes: list[str] = []
         self._zones: dict[str, int] = {}
+        self.context = RoleContext(
+            seed=scenario.seed,
+            work_dir=work_dir,
+            recorder=self.recorder,
+            families=frozenset(scenario.metrics.record),
+            interval=scenario.metrics.interval,
+        )
         self._declare_metrics()
 
     # ----- building the world ---------------------------------------------------------------------
@@ -186,6 +171,11 @@ class ScenarioRun:
             r.declare("dht.get_rounds", unit="rounds", title="DHT get rounds (found records)", kind="events")
             r.declare(
                 "net.reach", unit="share", title="DHT ping success, by where the peer is", kind="events"
+            )
+        if "rpc" in families:
+            r.declare("rpc.latency", unit="s", title="Time to serve a request, per method", kind="events")
+            r.declare(
+                "rpc.success", unit="share", title="Requests served without error, per method", kind="events"
             )
         if "grid" in families:
             r.declare("grid.findable", unit="share", title="Share of each grid's experts findable")
@@ -307,7 +297,7 @@ class ScenarioRun:
         try:
             with scope:
                 peers = self._dht_peers(exclude=member)
-                await roles.run_member(self, member, peers)
+                await roles.run_member(self.context, member, peers)
         finally:
             self._retire_services(member)
             member.stopped.set()
@@ -559,7 +549,7 @@ class ScenarioRun:
         interval = self.scenario.metrics.interval
         while True:
             await trio.sleep(interval)
-            await roles.sample_grids(self)
+            await roles.sample_grids(self.context, self.members, self.scenario.groups)
 
     # ----- the run --------------------------------------------------------------------------------
 
@@ -616,6 +606,7 @@ class ScenarioRun:
     def run(self) -> RunResult:
         started = time.perf_counter()
         complete, error = False, None
+        threads = _torch_threads(1)  # compute runs one call at a time: one thread is fastest (-20%)
         try:
             run_simulation(self._main, self.network)
             complete = True
@@ -626,6 +617,8 @@ class ScenarioRun:
                 error = str(_is_deadlock(exc))
             else:
                 raise
+        finally:
+            _torch_threads(threads)
         virtual = self.network.now
         return RunResult(
             complete=complete,
@@ -648,6 +641,15 @@ def _is_deadlock(exc: BaseException) -> BaseException | None:
             if found is not None:
                 return found
     return None
+
+
+def _torch_threads(count: int) -> int:
+    """Set torch's intra-op threads; returns the number before."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    return before
 
 
 async def _sleep_until(t: float) -> None:

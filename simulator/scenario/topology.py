@@ -82,9 +82,7 @@ def path_profiles(graph: nx.Graph, nodes: list[Any]) -> dict[tuple[Any, Any], tu
         lengths, paths = nx.single_source_dijkstra(graph, source, weight="latency_s")
         for target in wanted:
             path = paths[target]
-            delivered = math.prod(
-                1.0 - graph.edges[u, v]["loss"] for u, v in itertools.pairwise(path)
-            )
+            delivered = math.prod(1.0 - graph.edges[u, v]["loss"] for u, v in itertools.pairwise(path))
             latency = lengths[target]
             if source == target and graph.has_edge(source, source):
                 latency = graph.edges[source, source]["latency_s"]

@@ -67,6 +67,9 @@ class Router:
         self.error_types = tuple((error_type, str(code)) for error_type, code in (error_types or {}).items())
         #: Counts of what went wrong, by error code (plus transport-level events).
         self.stats: Counter[str] = Counter()
+        #: Called after each request a handler ran: (method, seconds it took, error code or None).
+        #: For metrics (the simulator's reports); it must not raise.
+        self.on_request: Callable[[str, float, str | None], None] | None = None
 
     def add(self, name: str, request_type: type[Req], handler: Callable[[Req, str], Awaitable[Any]]) -> None:
         if name in self._methods:
@@ -85,6 +88,21 @@ class Router:
             arguments = decode_payload(method.request_type, payload)
         except BAD_INPUT_ERRORS as exc:
             return self.error(request.id, ErrorCode.BAD_REQUEST, f"{request.method}: {exc}"), None
+        if self.on_request is not None:
+            return await self._handle_observed(method, request, arguments, peer)
+        return await self._run(method, request, arguments, peer)
+
+    async def _handle_observed(
+        self, method: Method, request: Request, arguments: Any, peer: str
+    ) -> tuple[Any, Any]:
+        started = trio.current_time()
+        envelope, result = await self._run(method, request, arguments, peer)
+        if self.on_request is not None:
+            code = envelope.code if isinstance(envelope, ErrorReply) else None
+            self.on_request(request.method, trio.current_time() - started, code)
+        return envelope, result
+
+    async def _run(self, method: Method, request: Request, arguments: Any, peer: str) -> tuple[Any, Any]:
         with trio.move_on_after(min(request.timeout, self.max_handler_time)) as scope:
             try:
                 result = await method.handler(arguments, peer)

@@ -1,0 +1,50 @@
+"""A scenario's members (one per simulated node, across its sessions) and what their roles are
+given to run with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from simulator.host import SimHost
+from simulator.scenario.metrics import Recorder
+from simulator.scenario.schema import Group
+
+
+@dataclass
+class Member:
+    """One node of a group, across its sessions (a restart is a new process on the same host)."""
+
+    group: Group
+    index: int
+    host: SimHost
+    region: str | None
+    alive: bool = False
+    ready: bool = False  # its services are up (a DHT node joined, a server announced)
+    session_started: float = 0.0
+    scope: trio.CancelScope | None = None
+    stopped: trio.Event = field(default_factory=trio.Event)
+    services: dict[str, Any] = field(default_factory=dict)
+    #: Counters carried over from earlier sessions (a restart starts its objects from zero).
+    carried: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.group.name}-{self.index}"
+
+
+@dataclass(frozen=True)
+class RoleContext:
+    """What a member's role needs of the run: seeds, where to keep checkpoints, where to record."""
+
+    seed: int
+    work_dir: Path
+    recorder: Recorder
+    families: frozenset[str]
+    interval: float
+
+
+__all__ = ["Member", "RoleContext"]
