@@ -58,6 +58,7 @@ async def run_member(run: RoleContext, member: Member, peers: list[str]) -> None
                 DHTNode.start(member.host, peers, config=config, leave_gracefully=True)
             )
             _observe_requests(run, node.rpc.router)
+            _observe_calls(run, node.rpc)
         if role == "dht":
             member.ready = True
             await trio.sleep_forever()
@@ -117,6 +118,8 @@ async def _train(run: RoleContext, member: Member, peers: list[str], stack: Asyn
     settings = member.group.trainer
     assert settings is not None
     client = await stack.enter_async_context(Client.attach(member.host, peers))
+    _observe_calls(run, client.rpc)
+    _observe_calls(run, client.require_dht().rpc)
     torch.manual_seed(run.seed * 1_000_003 + member.host.index)
     mixture = RemoteMixtureOfExperts(
         in_features=settings.hidden_dim,
@@ -149,17 +152,30 @@ async def _train(run: RoleContext, member: Member, peers: list[str], stack: Asyn
 
 
 def _observe_requests(run: RoleContext, router) -> None:
-    """Each request the member served, timed: the report's RPC latency per method."""
+    """Each request the member served, timed (virtual time spent in the handler: batching, compute)."""
     if "rpc" not in run.families:
         return
     recorder = run.recorder
 
     def on_request(method: str, seconds: float, code: str | None) -> None:
-        now = trio.current_time()
-        recorder.observe("rpc.latency", now - seconds, seconds, label=method)
-        recorder.observe("rpc.success", now - seconds, 0.0 if code else 1.0, label=method)
+        recorder.observe("rpc.serve_time", trio.current_time() - seconds, seconds, label=method)
 
     router.on_request = on_request
+
+
+def _observe_calls(run: RoleContext, rpc) -> None:
+    """Each call the member made, timed from send to answer, and whether it was answered."""
+    if "rpc" not in run.families:
+        return
+    recorder = run.recorder
+
+    def on_call(method: str, seconds: float, failure: str | None) -> None:
+        started = trio.current_time() - seconds
+        recorder.observe("rpc.call_success", started, 0.0 if failure else 1.0, label=method)
+        if failure is None:
+            recorder.observe("rpc.call_latency", started, seconds, label=method)
+
+    rpc.on_call = on_call
 
 
 async def sample_grids(run: RoleContext, members: list[Member], groups: list[Group]) -> None:

@@ -173,10 +173,11 @@ class ScenarioRun:
                 "net.reach", unit="share", title="DHT ping success, by where the peer is", kind="events"
             )
         if "rpc" in families:
-            r.declare("rpc.latency", unit="s", title="Time to serve a request, per method", kind="events")
             r.declare(
-                "rpc.success", unit="share", title="Requests served without error, per method", kind="events"
+                "rpc.call_latency", unit="s", title="RPC latency (answered calls), per method", kind="events"
             )
+            r.declare("rpc.call_success", unit="share", title="RPC calls answered, per method", kind="events")
+            r.declare("rpc.serve_time", unit="s", title="Time serving a request, per method", kind="events")
         if "grid" in families:
             r.declare("grid.findable", unit="share", title="Share of each grid's experts findable")
         if "traffic" in families:

@@ -26,6 +26,7 @@ from tesseract.net.messages import (
     encode_datagram,
     split_datagram,
 )
+from tesseract.net.observe import CallObserver, observed_call
 from tesseract.net.router import Router, encode_reply
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class DatagramRPC:
         self._ids = itertools.count(host.random.getrandbits(32))
         self._inflight = 0
         self.stats: Counter[str] = Counter()
+        #: Told of every finished call (metrics); see ``tesseract.net.observe``.
+        self.on_call: CallObserver | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         transport = self.host.transport
@@ -112,6 +115,30 @@ class DatagramRPC:
 
         Raises ``CallTimeout`` when no try is answered, ``RemoteError`` for a typed error reply.
         """
+        if self.on_call is not None:
+            return await observed_call(
+                self.on_call,
+                method,
+                self._call,
+                address,
+                method,
+                request,
+                response_type,
+                timeout=timeout,
+                retries=retries,
+            )
+        return await self._call(address, method, request, response_type, timeout=timeout, retries=retries)
+
+    async def _call(
+        self,
+        address: str,
+        method: str,
+        request: Any,
+        response_type: type[Resp],
+        *,
+        timeout: float,
+        retries: int,
+    ) -> Resp:
         call_id = next(self._ids) & (2**63 - 1)
         pending = self._pending[call_id] = _PendingDatagram(address)
         attempt_timeout = timeout / (retries + 1)

@@ -31,6 +31,7 @@ from tesseract.net.framing import (
 )
 from tesseract.net.host import Host, Stream
 from tesseract.net.messages import ErrorReply, Request, Response, decode_payload, encode_frame, split_body
+from tesseract.net.observe import CallObserver, observed_call
 from tesseract.net.read_turn import NOBODY, ReadTurn
 from tesseract.net.watchdog import Watchdog, shared_watchdog, tick_for
 
@@ -153,6 +154,8 @@ class RPCClient:
         self._nursery: trio.Nursery | None = None
         self._watchdog: Watchdog | None = None  # this run's, once entered
         self.stats: Counter[str] = Counter()
+        #: Told of every finished call (metrics); see ``tesseract.net.observe``.
+        self.on_call: CallObserver | None = None
 
     async def __aenter__(self) -> RPCClient:
         self._nursery_manager = background_nursery()
@@ -178,6 +181,15 @@ class RPCClient:
         Raises ``CallTimeout`` past ``timeout`` seconds, ``PeerUnavailable`` if the peer cannot be
         reached or drops the connection, ``RemoteError`` for the peer's typed error replies.
         """
+        if self.on_call is not None:
+            return await observed_call(
+                self.on_call, method, self._call, address, method, request, response_type, timeout=timeout
+            )
+        return await self._call(address, method, request, response_type, timeout=timeout)
+
+    async def _call(
+        self, address: str, method: str, request: Any, response_type: type[Resp], *, timeout: float
+    ) -> Resp:
         deadline = trio.current_time() + timeout
         pending: _Pending | None = None
         try:
