@@ -96,6 +96,11 @@ class SimHost(Host):
                 if self.up and self.incarnation == incarnation:  # it may have died before we ran
                     with scope:
                         await async_fn(*args)
+            except Exception:
+                # A crash cancels the host's tasks, and their clean-up may then fail (a server saving
+                # its experts on a crashed host): the process is gone, and its errors with it.
+                if self.up and self.incarnation == incarnation:
+                    raise
             finally:
                 self._scopes.pop(scope, None)
 

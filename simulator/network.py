@@ -376,12 +376,19 @@ def run_simulation(
     network.now = clock.current_time()
 
     async def root() -> T:
-        async with trio.open_nursery() as nursery:
-            network.nursery = nursery
-            nursery.start_soon(network._pump, name="simulator-pump")
-            result = await main(network)
-            nursery.cancel_scope.cancel()
-        network.nursery = None
+        # The pump lives in a nursery of its own, outside the hosts' tasks: when they are cancelled
+        # (the run ended, or a task failed), their shielded clean-ups (a server saving, a node
+        # leaving) still wait in virtual time, which only the pump moves.
+        async with trio.open_nursery() as outer:
+            outer.start_soon(network._pump, name="simulator-pump")
+            try:
+                async with trio.open_nursery() as nursery:
+                    network.nursery = nursery
+                    result = await main(network)
+                    nursery.cancel_scope.cancel()
+            finally:
+                network.nursery = None
+                outer.cancel_scope.cancel()
         return result
 
     with deterministic_scheduling(network.seed), _fewer_gc_passes():

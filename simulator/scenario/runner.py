@@ -31,9 +31,10 @@ from simulator.scenario.metrics import Recorder
 from simulator.scenario.schema import Fault, Scenario, Target
 from simulator.scenario.units import parse_duration
 
-#: How long a probe record lives, and how often the probe stores it again.
+#: How long a probe record lives, and how often the probe stores it again (from a random live node:
+#: the steady population of publishers that keeps a real swarm's records alive).
 PROBE_TTL = 3600.0
-PROBE_REFRESH = 600.0
+PROBE_REFRESH = 300.0
 
 
 @dataclass
@@ -267,18 +268,28 @@ class ScenarioRun:
 
     def _dht_peers(self, exclude: Member | None = None) -> list[str]:
         """Up to three live DHT nodes to join through (none: this member starts a new DHT)."""
-        candidates = [
-            m
-            for m in self.members
-            if m is not exclude
-            and m.alive
-            and m.ready
-            and m.group.role in ("dht", "server")
-            and m.group.inbound
-        ]
-        if not candidates:
-            return []
-        return [m.host.address for m in self.rng.sample(candidates, min(3, len(candidates)))]
+
+        def usable(m: Member) -> bool:
+            return m is not exclude and m.group.role in ("dht", "server") and m.group.inbound
+
+        chosen = self._pick_ready(3, usable)
+        return [m.host.address for m in chosen]
+
+    def _pick_ready(self, count: int, usable: Callable[[Member], bool] = lambda m: True) -> list[Member]:
+        """Up to ``count`` distinct random members that are up with their services ready, drawn by
+        trying random members first (a scan of 10,000 members per probe would cost more than the
+        probe), then from a full scan when few are ready."""
+        chosen: dict[int, Member] = {}
+        members, rng = self.members, self.rng
+        for _ in range(20 * count):
+            m = members[rng.randrange(len(members))]
+            if m.alive and m.ready and usable(m):
+                chosen[m.host.index] = m
+                if len(chosen) == count:
+                    return list(chosen.values())
+        ready = [m for m in members if m.alive and m.ready and usable(m) and m.host.index not in chosen]
+        extra = rng.sample(ready, min(count - len(chosen), len(ready)))
+        return [*chosen.values(), *extra]
 
     def _start_member(self, member: Member) -> None:
         if member.alive:
@@ -326,6 +337,10 @@ class ScenarioRun:
             label=member.group.name,
         )
         if graceful and member.scope is not None:
+            node = member.services.get("dht")
+            if node is not None:  # a DHT node says goodbye after its body ends: cancelling would skip it
+                with trio.move_on_after(node.config.operation_timeout), contextlib.suppress(Exception):
+                    await node.leave()
             member.scope.cancel()
             with trio.move_on_after(30):
                 await member.stopped.wait()
@@ -350,7 +365,7 @@ class ScenarioRun:
         while True:
             self._start_member(member)
             await trio.sleep(session.sample(rng))
-            while sum(m.alive for m in self.by_group[group.name]) <= churn.min_alive:
+            while churn.min_alive and sum(m.alive for m in self.by_group[group.name]) <= churn.min_alive:
                 await trio.sleep(1.0)  # the floor: wait for another member to come back
             await self.depart(member, graceful=rng.random() < churn.graceful)
             await trio.sleep(downtime.sample(rng))
@@ -484,34 +499,42 @@ class ScenarioRun:
 
     # ----- probes ---------------------------------------------------------------------------------
 
-    def _dht_members(self) -> list[Member]:
-        return [m for m in self.members if m.alive and m.ready and "dht" in m.services and m.group.inbound]
+    def _probe_nodes(self, count: int) -> list[Member]:
+        """Random live DHT nodes that accept requests (readers and writers for the probe)."""
+
+        def usable(m: Member) -> bool:
+            return "dht" in m.services and m.group.inbound
+
+        return self._pick_ready(count, usable)
 
     async def _probe(self) -> None:
         probe = self.scenario.metrics.probe
         rng = random.Random(f"probe:{self.scenario.seed}")
         keys = [f"probe-{i}" for i in range(probe.keys)]
-        while not self._dht_members():
+        # Records stored while the swarm forms would live on its first few nodes only: store once
+        # every group has started (the probe's reads before then fall in the warm-up anyway).
+        formed = max(group.start.at + group.start.ramp for group in self.scenario.groups) + 5.0
+        await _sleep_until(min(formed, self.scenario.warmup or formed))
+        while not self._probe_nodes(1):
             await trio.sleep(1.0)
         stored_at = -math.inf
+        nursery = self.network.nursery
+        assert nursery is not None
         while True:
             now = trio.current_time()
             if now - stored_at >= PROBE_REFRESH:
                 stored_at = now
-                async with trio.open_nursery() as nursery:
+                async with trio.open_nursery() as stores:
                     for key in keys:
-                        writer = rng.choice(self._dht_members())
-                        expiration = writer.host.wall_time() + PROBE_TTL
-                        nursery.start_soon(_quietly, writer.services["dht"].store, key, key, expiration)
+                        for writer in self._probe_nodes(1):
+                            expiration = writer.host.wall_time() + PROBE_TTL
+                            stores.start_soon(_quietly, writer.services["dht"].store, key, key, expiration)
             await trio.sleep(rng.expovariate(probe.rate))
-            readers = self._dht_members()
-            if not readers:
-                continue
-            reader = rng.choice(readers)
-            self.network.nursery.start_soon(self._probe_get, reader, rng.choice(keys))  # type: ignore[union-attr]
-            peers = [m for m in readers if m is not reader]
-            if peers:
-                self.network.nursery.start_soon(self._probe_reach, reader, rng.choice(peers))  # type: ignore[union-attr]
+            pair = self._probe_nodes(2)
+            if pair:
+                nursery.start_soon(self._probe_get, pair[0], rng.choice(keys))
+            if len(pair) == 2:
+                nursery.start_soon(self._probe_reach, pair[0], pair[1])
 
     async def _probe_get(self, reader: Member, key: str) -> None:
         node = reader.services.get("dht")
