@@ -25,8 +25,9 @@ class Member:
     alive: bool = False
     ready: bool = False  # its services are up (a DHT node joined, a server announced)
     session_started: float = 0.0
-    scope: trio.CancelScope | None = None
     stopped: trio.Event = field(default_factory=trio.Event)
+    #: The running part of its code, after its services started: cancelled to leave gracefully.
+    body: trio.CancelScope = field(default_factory=trio.CancelScope)
     services: dict[str, Any] = field(default_factory=dict)
     #: Counters carried over from earlier sessions (a restart starts its objects from zero).
     carried: dict[str, float] = field(default_factory=dict)

@@ -50,6 +50,9 @@ def experts_of(member: Member) -> list[str]:
 
 
 async def run_member(run: RoleContext, member: Member, peers: list[str]) -> None:
+    """Start the member's services, run until cancelled, stop them. ``member.body`` cancelled is a
+    graceful departure, as SIGTERM is for the commands: the services then stop as they would (a DHT
+    node hands over its records, a server saves its experts)."""
     role = member.group.role
     async with AsyncExitStack() as stack:
         if role in ("dht", "server"):
@@ -59,13 +62,14 @@ async def run_member(run: RoleContext, member: Member, peers: list[str]) -> None
             )
             _observe_requests(run, node.rpc.router)
             _observe_calls(run, node.rpc)
-        if role == "dht":
-            member.ready = True
-            await trio.sleep_forever()
         if role == "server":
             await _serve(run, member, stack)
-        if role == "trainer":
-            await _train(run, member, peers, stack)
+        trainer = await _train(run, member, peers, stack) if role == "trainer" else None
+        member.ready = True
+        with member.body:
+            if trainer is not None:
+                await trainer.run_async()
+            await trio.sleep_forever()  # trained its steps: stays in the swarm, idle
 
 
 async def _serve(run: RoleContext, member: Member, stack: AsyncExitStack) -> None:
@@ -110,11 +114,9 @@ async def _serve(run: RoleContext, member: Member, stack: AsyncExitStack) -> Non
             recorder.observe("server.batch_size", trio.current_time(), sum(rows), label=kind)
 
         server.runtime.on_batch = on_batch
-    member.ready = True
-    await trio.sleep_forever()
 
 
-async def _train(run: RoleContext, member: Member, peers: list[str], stack: AsyncExitStack) -> None:
+async def _train(run: RoleContext, member: Member, peers: list[str], stack: AsyncExitStack) -> Trainer:
     settings = member.group.trainer
     assert settings is not None
     client = await stack.enter_async_context(Client.attach(member.host, peers))
@@ -146,9 +148,7 @@ async def _train(run: RoleContext, member: Member, peers: list[str], stack: Asyn
     trainer = Trainer(model, data, client, config, report=lambda line: None)
     member.services["trainer"] = trainer
     member.services["client"] = client
-    member.ready = True
-    await trainer.run_async()
-    await trio.sleep_forever()  # done: stays in the swarm, idle
+    return trainer
 
 
 def _observe_requests(run: RoleContext, router) -> None:

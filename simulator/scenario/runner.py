@@ -300,16 +300,14 @@ class ScenarioRun:
         member.alive, member.ready = True, False
         member.session_started = trio.current_time()
         member.stopped = trio.Event()
+        member.body = trio.CancelScope()
         host.start(self._life, member, name=f"{member.name}:life")
 
     async def _life(self, member: Member) -> None:
         from simulator.scenario import roles  # loads torch
 
-        scope = member.scope = trio.CancelScope()
         try:
-            with scope:
-                peers = self._dht_peers(exclude=member)
-                await roles.run_member(self.context, member, peers)
+            await roles.run_member(self.context, member, self._dht_peers(exclude=member))
         finally:
             self._retire_services(member)
             member.stopped.set()
@@ -336,12 +334,8 @@ class ScenarioRun:
             trio.current_time() - member.session_started,
             label=member.group.name,
         )
-        if graceful and member.scope is not None:
-            node = member.services.get("dht")
-            if node is not None:  # a DHT node says goodbye after its body ends: cancelling would skip it
-                with trio.move_on_after(node.config.operation_timeout), contextlib.suppress(Exception):
-                    await node.leave()
-            member.scope.cancel()
+        if graceful:
+            member.body.cancel()  # its code finishes: a DHT node hands over its records, a server saves
             with trio.move_on_after(30):
                 await member.stopped.wait()
         member.host.crash()
