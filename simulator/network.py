@@ -1,6 +1,6 @@
 """A virtual network of many simulated hosts in one trio run, in virtual time.
 
-How time moves: trio runs with a ``MockClock`` that never moves by itself. A single pump task waits
+How time moves: trio runs with a ``VirtualClock`` that never moves by itself. A single pump task waits
 until every task is blocked (``wait_all_tasks_blocked``), then either delivers the messages due at
 the earliest pending tick or jumps the clock to trio's next deadline, whichever comes first. Messages
 therefore cost no timer each: delivery times are rounded up to a tick (1 ms by default), and one pump
@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import trio
 import trio.testing
 
+from simulator.clock import VirtualClock
 from simulator.determinism import deterministic_scheduling
 from simulator.distributions import Distribution, as_distribution
 from simulator.host import SimHost
@@ -86,7 +87,7 @@ class SimNetwork:
         self.messages_delivered = 0
         self.messages_dropped = 0
         self.nursery: trio.Nursery | None = None
-        self.clock: trio.testing.MockClock | None = None
+        self.clock: VirtualClock | None = None
         #: Virtual time, cached: only the pump moves the clock, so this always equals trio.current_time().
         self.now = 0.0
 
@@ -371,7 +372,7 @@ def run_simulation(
     returns, every task still running on any host is cancelled.
     """
     network = network if network is not None else SimNetwork(**options)
-    clock = trio.testing.MockClock()
+    clock = VirtualClock()
     network.clock = clock
     network.now = clock.current_time()
 

@@ -137,6 +137,34 @@ def test_found_values_are_cached_at_the_closest_node_that_lacked_them() -> None:
     run_simulation(main, seed=5, latency=0.02)
 
 
+def test_a_cached_copy_is_not_republished_but_a_replica_is() -> None:
+    """Only replicas republish: were every cached copy republished, the traffic would grow with reads."""
+    from tesseract.dht.ids import key_id
+
+    config = DHTConfig(num_replicas=2)
+
+    async def main(network: SimNetwork) -> None:
+        nodes = list((await grow_swarm(network, 40, config)).values())
+        await trio.sleep(5)
+        target = key_id("cached")
+        assert await nodes[0].store("cached", "v", nodes[0].host.wall_time() + 600)
+        now = nodes[0].host.wall_time()
+        replicas = [n for n in nodes if n.storage.get(target, now)]
+        reader = next(n for n in nodes if n not in replicas)
+        assert (await reader.get("cached", use_local=False)).value == "v"
+        await trio.sleep(1)
+        (cache,) = [n for n in nodes if n not in replicas and n.storage.get(target, now)]
+        republished = []
+        for node in (cache, replicas[0]):
+            node._last_refreshed.clear()  # as if nobody had re-stored it for an interval
+            before = node.stats["republished"]
+            await node.republish()
+            republished.append(node.stats["republished"] - before)
+        assert republished == [0, 1]  # the cache's copy, the replica's
+
+    run_simulation(main, seed=5, latency=0.02)
+
+
 def test_graceful_leave_hands_records_over() -> None:
     config = DHTConfig(num_replicas=1)
 

@@ -141,6 +141,28 @@ def test_a_bad_set_is_reported_with_its_path(override: str, path: str, fragment:
     assert caught.value.path == path and fragment in caught.value.reason
 
 
+def test_a_groups_dht_settings_reach_its_nodes_and_trainers() -> None:
+    from simulator.scenario.roles import dht_config  # loads torch
+
+    scenario = load_scenario(
+        GOOD,
+        overrides=[
+            "groups[dht].dht.refresh=1 h",
+            "groups[dht].dht.k=10",
+            "groups[dht].dht.replicas=4",
+            "groups[trainers].dht.request_timeout=3 s",
+        ],
+    )
+    dht, servers, trainers = scenario.groups
+    config = dht_config(dht)
+    assert (config.refresh_interval, config.k, config.num_replicas) == (3600.0, 10, 4)
+    assert config.alpha == 3 and not config.client_mode  # unset: DHTConfig's defaults
+    assert dht_config(servers) == dht_config(dht.__class__(name="x", role="dht"))
+    trainer = dht_config(trainers, client_mode=True)
+    assert trainer.client_mode and trainer.request_timeout == 3.0
+    assert resolved(scenario)["groups"][0]["dht"]["refresh"] == 3600.0
+
+
 def test_a_profile_applies_and_set_comes_after_it() -> None:
     smoke = load_scenario(GOOD, profile="smoke")
     assert smoke.duration == 120.0  # "2 min"

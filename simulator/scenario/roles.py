@@ -49,6 +49,21 @@ def experts_of(member: Member) -> list[str]:
     return uids[start:end]
 
 
+def dht_config(group: Group, *, client_mode: bool = False) -> DHTConfig:
+    """The group's DHT settings over ``DHTConfig``'s defaults (a trainer's node only asks)."""
+    settings = group.dht
+    given = {
+        "k": settings.k,
+        "alpha": settings.alpha,
+        "num_replicas": settings.replicas,
+        "refresh_interval": settings.refresh,
+        "republish_interval": settings.republish,
+        "request_timeout": settings.request_timeout,
+    }
+    chosen = {name: value for name, value in given.items() if value is not None}
+    return DHTConfig(client_mode=client_mode or not group.inbound, **chosen)
+
+
 async def run_member(run: RoleContext, member: Member, peers: list[str]) -> None:
     """Start the member's services, run until cancelled, stop them. ``member.body`` cancelled is a
     graceful departure, as SIGTERM is for the commands: the services then stop as they would (a DHT
@@ -56,7 +71,7 @@ async def run_member(run: RoleContext, member: Member, peers: list[str]) -> None
     role = member.group.role
     async with AsyncExitStack() as stack:
         if role in ("dht", "server"):
-            config = DHTConfig(client_mode=not member.group.inbound)
+            config = dht_config(member.group)
             node = member.services["dht"] = await stack.enter_async_context(
                 DHTNode.start(member.host, peers, config=config, leave_gracefully=True)
             )
@@ -119,7 +134,9 @@ async def _serve(run: RoleContext, member: Member, stack: AsyncExitStack) -> Non
 async def _train(run: RoleContext, member: Member, peers: list[str], stack: AsyncExitStack) -> Trainer:
     settings = member.group.trainer
     assert settings is not None
-    client = await stack.enter_async_context(Client.attach(member.host, peers))
+    client = await stack.enter_async_context(
+        Client.attach(member.host, peers, dht_config=dht_config(member.group, client_mode=True))
+    )
     _observe_calls(run, client.rpc)
     _observe_calls(run, client.require_dht().rpc)
     torch.manual_seed(run.seed * 1_000_003 + member.host.index)

@@ -287,6 +287,30 @@ class TrainerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise _field("steps", f"must be positive, got {self.steps}")
 
 
+class DHTSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The group's DHT nodes' settings (``tesseract.dht.DHTConfig``); unset: its defaults."""
+
+    #: Bucket size, and how many nodes each lookup keeps asking.
+    k: int | None = None
+    #: Requests one lookup keeps in flight.
+    alpha: int | None = None
+    #: Nodes each record is stored on.
+    replicas: int | None = None
+    #: A bucket nobody looked into for this long is refreshed with a lookup.
+    refresh: Duration | None = None
+    #: Held records are stored again on the nodes then closest to them this often.
+    republish: Duration | None = None
+    #: One request's budget, its retry included.
+    request_timeout: Duration | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("k", "alpha", "replicas", "refresh", "republish", "request_timeout"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        if self.replicas is not None and self.k is not None and self.replicas > self.k:
+            raise _field("replicas", f"{self.replicas} cannot exceed k ({self.k}): a lookup finds k nodes")
+
+
 Role = Literal["dht", "server", "trainer"]
 
 
@@ -303,6 +327,7 @@ class Group(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     inbound: bool = True
     start: Start = msgspec.field(default_factory=Start)
     churn: Churn | None = None
+    dht: DHTSettings = msgspec.field(default_factory=DHTSettings)
     server: ServerSettings | None = None
     trainer: TrainerSettings | None = None
 

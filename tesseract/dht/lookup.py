@@ -10,6 +10,7 @@ what a lookup that found nothing else means.
 
 from __future__ import annotations
 
+from bisect import insort
 from collections.abc import Callable, Iterable
 
 from tesseract.dht.ids import NodeID
@@ -40,6 +41,7 @@ class Lookup:
         self.state: dict[NodeID, int] = {}
         self.addresses: dict[NodeID, str] = {}
         self.depth: dict[NodeID, int] = {}
+        self._by_distance: list[tuple[int, NodeID]] = []  # every candidate, closest first
         self.inflight = 0
         self.record: Record | None = None
         self.found_at_round: int | None = None  # request round (1 = first peers asked) of a fresh value
@@ -54,10 +56,7 @@ class Lookup:
             self.state[node_id] = NEW
             self.addresses[node_id] = address
             self.depth[node_id] = depth
-
-    def _ordered(self) -> list[NodeID]:
-        target = self.target
-        return sorted(self.state, key=lambda node_id: node_id ^ target)
+            insort(self._by_distance, (node_id ^ self.target, node_id))
 
     def next_peers(self) -> list[Peer]:
         """Peers to query now; marks them in flight."""
@@ -65,7 +64,7 @@ class Lookup:
             return []
         chosen: list[Peer] = []
         considered = 0
-        for node_id in self._ordered():
+        for _, node_id in self._by_distance:
             state = self.state[node_id]
             if state == FAILED:
                 continue
@@ -111,7 +110,7 @@ class Lookup:
         if self._finished_early:
             return True
         considered = 0
-        for node_id in self._ordered():
+        for _, node_id in self._by_distance:
             state = self.state[node_id]
             if state == FAILED:
                 continue
@@ -124,7 +123,7 @@ class Lookup:
 
     def closest(self, count: int | None = None) -> list[Peer]:
         """The closest peers that answered, closest first."""
-        answered = [n for n in self._ordered() if self.state[n] == ANSWERED]
+        answered = [n for _, n in self._by_distance if self.state[n] == ANSWERED]
         return [Peer(n, self.addresses[n]) for n in answered[: count or self.k]]
 
     @property

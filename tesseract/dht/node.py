@@ -39,7 +39,7 @@ from tesseract.dht.routing import Peer, RoutingTable
 from tesseract.dht.storage import Record, RecordStore
 from tesseract.dht.tokens import smallest_request_for
 from tesseract.net import DatagramRPC, NetError, RemoteError, Router
-from tesseract.net.address import parse_address
+from tesseract.net.address import is_address, parse_address
 from tesseract.net.host import Host
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class DHTNode:
         self.node_id = node_id if node_id is not None else random_id(host.random)
         self._raw_id = id_to_bytes(self.node_id)
         self._sender_id = b"" if self.config.client_mode else self._raw_id  # what our requests say
-        self.routing = RoutingTable(self.node_id, k=self.config.k)
+        self.routing = RoutingTable(self.node_id, k=self.config.k, now=trio.current_time())
         self.storage = RecordStore(
             max_entries=self.config.max_records,
             max_bytes=self.config.max_record_bytes,
@@ -357,14 +357,12 @@ class DHTNode:
         return bytes(min(max(0, missing + 1), wire.MAX_PADDING))
 
     def _peers_from(self, refs: list[wire.NodeRef]) -> list[Peer]:
-        peers = []
-        for ref in refs:
-            try:
-                parse_address(ref.address)
-            except ValueError:
-                self.stats["bad_addresses"] += 1
-                continue
-            peers.append(Peer(id_from_bytes(ref.node_id), ref.address))
+        # Ids were checked for their length on decoding (wire.RawID).
+        peers = [
+            Peer(int.from_bytes(ref.node_id, "big"), ref.address) for ref in refs if is_address(ref.address)
+        ]
+        if len(peers) < len(refs):
+            self.stats["bad_addresses"] += len(refs) - len(peers)
         return peers
 
     # ----- storing -----------------------------------------------------------------------------
@@ -571,16 +569,20 @@ class DHTNode:
             del self._last_refreshed[key]
 
     async def republish(self) -> None:
-        """Re-store what we hold (and what we published) on the nodes now closest to it.
+        """Re-store what we hold as a replica (and what we published) on the nodes now closest to it.
 
         A record some other replica re-stored here during the last interval is skipped: one replica
-        per interval is enough (Kademlia's republish optimisation)."""
+        per interval is enough (Kademlia's republish optimisation). So is a copy held by a node that
+        knows ``num_replicas`` nodes closer to its key: a cache a get left here, or a replica that
+        newcomers pushed out. The replicas keep it alive; republishing every cached copy would make
+        the traffic grow with every read (the over-caching Kademlia's paper warns of)."""
         now = self.host.wall_time()
         horizon = now - self.config.republish_interval
         items = [
             item
             for item in self._held_items(now)
             if self._last_refreshed.get(id_from_bytes(item.key), -math.inf) < horizon
+            and self._is_replica(id_from_bytes(item.key))
         ]
         self._published = {key: item for key, item in self._published.items() if item.expiration > now}
         items.extend(self._published.values())
@@ -588,6 +590,11 @@ class DHTNode:
             with trio.move_on_after(self.config.operation_timeout):
                 await self._replicate(items, exclude_self=False)
             self.stats["republished"] += len(items)
+
+    def _is_replica(self, target: NodeID) -> bool:
+        """Whether we are among the ``num_replicas`` nodes closest to ``target`` that we know of."""
+        closest = self.routing.nearest(target, self.config.num_replicas)
+        return len(closest) < self.config.num_replicas or self.node_id ^ target < closest[-1].node_id ^ target
 
     def _held_items(self, now: float) -> list[wire.StoreItem]:
         items = []

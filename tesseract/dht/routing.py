@@ -8,7 +8,6 @@ failed contact reported by the caller) evicts a node, and the freshest replaceme
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -43,11 +42,13 @@ class KBucket:
 
 
 class RoutingTable:
-    def __init__(self, own_id: NodeID, *, k: int = 20, replacement_cache: int = 20) -> None:
+    def __init__(self, own_id: NodeID, *, k: int = 20, replacement_cache: int = 20, now: float = 0.0) -> None:
         self.own_id = own_id
         self.k = k
         self.replacement_cache = replacement_cache
-        self.buckets: list[KBucket] = [KBucket(0, MAX_ID, 0)]
+        # A new table counts as looked into at its creation (``now``): its first refresh comes one
+        # interval later, whenever the node started (the join's own lookup fills it meanwhile).
+        self.buckets: list[KBucket] = [KBucket(0, MAX_ID, 0, last_updated=now)]
 
     def __len__(self) -> int:
         return sum(len(bucket.nodes) for bucket in self.buckets)
@@ -134,13 +135,21 @@ class RoutingTable:
 
     def nearest(self, target: NodeID, count: int, exclude: NodeID | None = None) -> list[Peer]:
         """The ``count`` known nodes closest to ``target`` by XOR distance, closest first."""
-        candidates = (
-            (node_id ^ target, node_id, address)
-            for bucket in self.buckets
-            for node_id, address in bucket.nodes.items()
-            if node_id != exclude
-        )
-        return [Peer(node_id, address) for _, node_id, address in heapq.nsmallest(count, candidates)]
+        # A bucket is an aligned block of ids; XOR with the target maps it onto an aligned block of
+        # distances that no other bucket's block overlaps. So visit the buckets by where their block
+        # starts, and sort only the nodes of the few buckets that hold the answer.
+        chosen: list[tuple[int, NodeID, str]] = []
+        for bucket in sorted(self.buckets, key=lambda b: (b.lower ^ target) & -(b.upper - b.lower)):
+            if len(chosen) >= count:
+                break
+            chosen.extend(
+                sorted(
+                    (node_id ^ target, node_id, address)
+                    for node_id, address in bucket.nodes.items()
+                    if node_id != exclude
+                )
+            )
+        return [Peer(node_id, address) for _, node_id, address in chosen[:count]]
 
     def node_at(self, address: str) -> NodeID | None:
         """The node we know at ``address``, if any (a pass over the table: for rare events)."""

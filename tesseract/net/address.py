@@ -7,6 +7,7 @@ same port, a simulated node owns both channels of its address.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 from typing import NamedTuple
 
 
@@ -40,6 +41,16 @@ def parse_address(text: str) -> Address:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"bad port in address {text!r}: expected 0..65535")
     return Address(host, int(port_text))
+
+
+@lru_cache(maxsize=16_384)
+def is_address(text: str) -> bool:
+    """Whether ``text`` parses as an address; remembered, as peers pass on the same few thousand."""
+    try:
+        parse_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def format_address(host: str, port: int) -> str:
