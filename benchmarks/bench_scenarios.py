@@ -124,9 +124,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS), choices=SCENARIOS)
+    parser.add_argument("scenarios", nargs="*", help=f"some of {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     options = parser.parse_args()
+    options.scenarios = options.scenarios or list(SCENARIOS)
+    for name in options.scenarios:
+        if name not in SCENARIOS:
+            parser.error(f"no benchmark for scenario {name!r} (choose from {', '.join(SCENARIOS)})")
 
     baseline = bench_simulator(1000, 5.0, "datagram")
     results: dict[str, Any] = {"bare_datagram_messages_per_s": baseline["messages_per_s"]}

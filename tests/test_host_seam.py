@@ -71,8 +71,6 @@ def violations(path: Path) -> list[str]:
     return found
 
 
-
-
 def test_only_the_real_transport_touches_the_outside_world() -> None:
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):

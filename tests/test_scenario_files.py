@@ -163,6 +163,12 @@ def test_a_groups_dht_settings_reach_its_nodes_and_trainers() -> None:
     assert resolved(scenario)["groups"][0]["dht"]["refresh"] == 3600.0
 
 
+def test_exponents_without_a_dot_are_numbers() -> None:
+    """YAML 1.1 reads ``2e12`` as text; a scenario reads it as the number everyone means."""
+    scenario = load_scenario(GOOD, overrides=["groups[servers].device={flops: 2e12}"])
+    assert scenario.groups[1].device.flops == 2e12  # type: ignore[union-attr]
+
+
 def test_a_profile_applies_and_set_comes_after_it() -> None:
     smoke = load_scenario(GOOD, profile="smoke")
     assert smoke.duration == 120.0  # "2 min"

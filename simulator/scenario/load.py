@@ -25,6 +25,17 @@ _FIELD = re.compile(rf"^{FIELD_PREFIX}([A-Za-z_]\w*): ", re.DOTALL)
 _KINDS = ", ".join(sorted(spec.__struct_config__.tag for spec in typing.get_args(DistributionSpec)))
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1's safe loader, reading ``1e15`` as a number as YAML 1.2 does (1.1 wants ``1.0e+15``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def load_scenario(
     file: str | Path, *, profile: str | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Scenario:
@@ -52,7 +63,7 @@ def load_scenario(
         if not sep or not path.strip():
             raise ScenarioError(name, "--set", f"expected PATH=VALUE, got {item!r}")
         try:
-            value = yaml.safe_load(text_value) if text_value.strip() else ""
+            value = yaml.load(text_value, Loader=_Loader) if text_value.strip() else ""
         except yaml.YAMLError:
             value = text_value
         apply_override(raw, path.strip(), value, name, origin="--set")
@@ -65,7 +76,7 @@ def load_scenario(
 
 def parse_yaml(text: str, name: str) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -95,10 +106,66 @@ def split_validation_error(message: str) -> tuple[str, str]:
         return f"{path}.{field.group(1)}".lstrip("."), reason[field.end() :]
     reason = _plain(reason)
     if reason.startswith("unknown key "):
+        keys = _keys_at(path)
         path = f"{path}.{reason.removeprefix('unknown key ')}".lstrip(".")
+        if keys:
+            reason += f" (keys here: {', '.join(keys)})"
     elif path.endswith("kind") and reason.startswith("invalid value "):  # a distribution's tag
         reason = f"unknown distribution kind {reason.removeprefix('invalid value ')} (kinds: {_KINDS})"
+    elif reason.startswith(("invalid value ", "invalid enum value ")):
+        values = _choices_at(path)
+        if values:
+            reason += f" (one of: {', '.join(values)})"
     return path, reason
+
+
+def _type_at(path: str) -> Any:
+    """The type (``msgspec.inspect``) that ``Scenario`` has at ``path``, or None if it is unclear."""
+    info: Any = msgspec.inspect.type_info(Scenario)
+    for name, _index in _STEP.findall(path):
+        info = _descend(info, name or None)
+        if info is None:
+            return None
+    return info
+
+
+def _descend(info: Any, name: str | None) -> Any:
+    """One step down: a field by ``name``, or (``None``) a list's item or a mapping's value."""
+    inspect = msgspec.inspect
+    if isinstance(info, inspect.Metadata):
+        info = info.type
+    if isinstance(info, inspect.UnionType):  # the one struct of the union that has the field
+        found = [_descend(member, name) for member in info.types]
+        found = [member for member in found if member is not None]
+        return found[0] if len(found) == 1 else None
+    if name is None:
+        if isinstance(info, inspect.ListType):
+            return info.item_type
+        if isinstance(info, inspect.DictType):
+            return info.value_type
+        return None
+    if isinstance(info, inspect.StructType):
+        return next((field.type for field in info.fields if field.encode_name == name), None)
+    if isinstance(info, inspect.DictType):
+        return info.value_type
+    return None
+
+
+def _keys_at(path: str) -> list[str]:
+    info = _type_at(path)
+    if isinstance(info, msgspec.inspect.UnionType):
+        structs = [t for t in info.types if isinstance(t, msgspec.inspect.StructType)]
+        info = structs[0] if len(structs) == 1 else None
+    if isinstance(info, msgspec.inspect.StructType):
+        return [field.encode_name for field in info.fields]
+    return []
+
+
+def _choices_at(path: str) -> list[str]:
+    info = _type_at(path)
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return [str(value) for value in info.values]
+    return []
 
 
 def _plain(reason: str) -> str:

@@ -23,7 +23,7 @@ import trio
 from simulator.compute import DeviceProfile
 from simulator.distributions import Distribution, Jittered, as_distribution
 from simulator.links import LinkProfile
-from simulator.network import SimNetwork, run_simulation
+from simulator.network import SimNetwork, SimulationDeadlock, run_simulation
 from simulator.scenario.checks import trace_member
 from simulator.scenario.devices import PRESETS
 from simulator.scenario.members import Member, RoleContext
@@ -623,20 +623,22 @@ class ScenarioRun:
 
     def run(self) -> RunResult:
         started = time.perf_counter()
-        complete, error = False, None
-        threads = _torch_threads(1)  # compute runs one call at a time: one thread is fastest (-20%)
-        try:
+        complete, error, threads = False, None, None
+        try:  # Ctrl+C may come while torch loads, too
+            threads = _torch_threads(1)  # compute runs one call at a time: one thread is fastest (-20%)
             run_simulation(self._main, self.network)
             complete = True
-        except KeyboardInterrupt:
-            error = "interrupted"
-        except Exception as exc:  # a deadlock, or a bug: the report still says how far it got
-            if _is_deadlock(exc):
-                error = str(_is_deadlock(exc))
+        except BaseException as exc:  # Ctrl+C or a deadlock: the report still says how far it got
+            # Either may come alone or in a task's exception group (Ctrl+C lands in whatever runs).
+            if _find(exc, KeyboardInterrupt) is not None:
+                error = "interrupted"
+            elif (deadlock := _find(exc, SimulationDeadlock)) is not None:
+                error = str(deadlock)
             else:
                 raise
         finally:
-            _torch_threads(threads)
+            if threads is not None:
+                _torch_threads(threads)
         virtual = self.network.now
         return RunResult(
             complete=complete,
@@ -648,14 +650,13 @@ class ScenarioRun:
         )
 
 
-def _is_deadlock(exc: BaseException) -> BaseException | None:
-    from simulator.network import SimulationDeadlock
-
-    if isinstance(exc, SimulationDeadlock):
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """``exc`` itself if it is a ``kind``, or the first ``kind`` in its exception group."""
+    if isinstance(exc, kind):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            found = _is_deadlock(inner)
+            found = _find(inner, kind)
             if found is not None:
                 return found
     return None

@@ -272,13 +272,11 @@ class TrainerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     learning_rate: float = 3e-3
     #: Optimizer steps each trainer takes (failed steps count); none: until the run ends.
     steps: int | None = None
-    #: Measure test accuracy every this many steps.
-    evaluate_every: int = 50
 
     def __post_init__(self) -> None:
         if not self.grid or any(size < 1 for size in self.grid):
             raise _field("grid", f"needs one or more positive sizes, got {self.grid}")
-        for name in ("hidden_dim", "k_best", "k_min", "batch_size", "evaluate_every"):
+        for name in ("hidden_dim", "k_best", "k_min", "batch_size"):
             _positive(name, getattr(self, name))
         _positive("learning_rate", self.learning_rate)
         if self.k_min > self.k_best:
