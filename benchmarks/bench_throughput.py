@@ -49,14 +49,18 @@ async def fwd_bwd(client: RPCClient, address: str, uid: str, x: torch.Tensor, g:
 
 
 async def client_main(
-    address: str, uids: list[str], batch: int, hidden: int, start_at: float, warmup: float, duration: float
+    address: str, uids: list[str], batch: int, hidden: int, warmup: float, duration: float
 ) -> dict:
     torch.set_num_threads(1)  # clients only make random inputs; leave the cores to the server
     x, g = torch.randn(batch, hidden), torch.randn(batch, hidden)
-    window_start, window_end = start_at + warmup, start_at + warmup + duration
     samples = 0
     async with RealHost.open("127.0.0.1:0") as host, RPCClient(host) as client:
+        # Loaded and connected: say so, and start when the parent says every client is (a fixed
+        # start time missed its window when loading torch took longer than it allowed).
+        print("ready", flush=True)
+        start_at = float(await trio.to_thread.run_sync(sys.stdin.readline))
         await trio.sleep(max(0.0, start_at - time.time()))
+        window_start, window_end = start_at + warmup, start_at + warmup + duration
         index = 0
         while time.time() < window_end:
             await fwd_bwd(client, address, uids[index % len(uids)], x, g)
@@ -68,7 +72,6 @@ async def client_main(
 
 
 def run_clients(options: argparse.Namespace, address: str, uids: list[str]) -> int:
-    start_at = time.time() + 3.0  # time for every client process to start and connect
     command = [
         sys.executable,
         __file__,
@@ -80,18 +83,29 @@ def run_clients(options: argparse.Namespace, address: str, uids: list[str]) -> i
         str(options.batch),
         "--hidden-dim",
         str(options.hidden_dim),
-        "--start-at",
-        str(start_at),
         "--warmup",
         str(options.warmup),
         "--duration",
         str(options.duration),
     ]
-    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(options.clients)]
+    processes = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(options.clients)
+    ]
+    for process in processes:  # every client loaded and connected
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"a client failed to start (exit {process.wait()})")
+    start_at = time.time() + 0.2
+    for process in processes:  # all told before any is waited for
+        assert process.stdin is not None
+        process.stdin.write(f"{start_at}\n")
+        process.stdin.close()
     results = []
     for process in processes:
-        out, _ = process.communicate(timeout=options.warmup + options.duration + 120)
-        if process.returncode != 0:
+        assert process.stdout is not None
+        out = process.stdout.read()
+        if process.wait(timeout=options.warmup + options.duration + 120) != 0:
             raise RuntimeError(f"a client failed (exit {process.returncode})")
         results.append(json.loads(out.strip().splitlines()[-1]))
     return sum(r["samples"] for r in results)
@@ -181,7 +195,6 @@ def main() -> None:
     # Internal: this file is also the client process.
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--uids", help=argparse.SUPPRESS)
-    parser.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.client:
         result = trio.run(
@@ -190,7 +203,6 @@ def main() -> None:
             options.uids.split(","),
             options.batch,
             options.hidden_dim,
-            options.start_at,
             options.warmup,
             options.duration,
         )
