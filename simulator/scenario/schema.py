@@ -302,9 +302,8 @@ class DHTSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     request_timeout: Duration | None = None
 
     def __post_init__(self) -> None:
-        for name in ("k", "alpha", "replicas", "refresh", "republish", "request_timeout"):
-            if getattr(self, name) is not None:
-                _positive(name, getattr(self, name))
+        for name in self.__struct_fields__:
+            _positive(name, getattr(self, name))  # None (unset) passes
         if self.replicas is not None and self.k is not None and self.replicas > self.k:
             raise _field("replicas", f"{self.replicas} cannot exceed k ({self.k}): a lookup finds k nodes")
 

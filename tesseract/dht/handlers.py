@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
-from functools import lru_cache
 
 import msgspec
 import trio
@@ -37,13 +36,6 @@ REPLY_BUDGET = 60_000
 _REPLY_FIXED = 128
 #: A result's own fields (array header, nodes list header, record array, flag).
 _RESULT_FIXED = 16
-
-
-@lru_cache(maxsize=1 << 16)
-def _node_ref(node_id: NodeID, address: str) -> wire.NodeRef:
-    """A peer as a reply names it; remembered, as the same peers are named in reply after reply
-    (replies only encode these, never change them)."""
-    return wire.NodeRef(id_to_bytes(node_id), address)
 
 
 class RequestHandler:
@@ -148,7 +140,7 @@ class RequestHandler:
             []
             if request.after is not None  # a later page: the asker has the nodes already
             else [
-                _node_ref(p.node_id, p.address)
+                wire.NodeRef(id_to_bytes(p.node_id), p.address)
                 for p in self.routing.nearest(id_from_bytes(key), self.config.k, exclude=sender)
             ]
             for key in request.keys

@@ -15,7 +15,6 @@ import math
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -60,13 +59,6 @@ MAX_STORE_PACING = 5.0
 #: What a first find expects back besides the nodes: a reply's own fields, and a small value per key.
 REPLY_FIXED_BYTES = 80
 EXPECTED_VALUE_BYTES = 128
-
-
-@lru_cache(maxsize=1 << 16)
-def _peer_of(raw_id: bytes, address: str) -> Peer | None:
-    """The peer a node reference names, or None if its address does not parse. Remembered: a swarm
-    passes the same few thousand references around (ids were checked for length on decoding)."""
-    return Peer(int.from_bytes(raw_id, "big"), address) if is_address(address) else None
 
 
 class DHTNode:
@@ -365,7 +357,7 @@ class DHTNode:
         return bytes(min(max(0, missing + 1), wire.MAX_PADDING))
 
     def _peers_from(self, refs: list[wire.NodeRef]) -> list[Peer]:
-        peers = [peer for ref in refs if (peer := _peer_of(ref.node_id, ref.address)) is not None]
+        peers = [Peer(id_from_bytes(ref.node_id), ref.address) for ref in refs if is_address(ref.address)]
         if len(peers) < len(refs):
             self.stats["bad_addresses"] += len(refs) - len(peers)
         return peers
@@ -586,8 +578,8 @@ class DHTNode:
         items = [
             item
             for item in self._held_items(now)
-            if self._last_refreshed.get(id_from_bytes(item.key), -math.inf) < horizon
-            and self._is_replica(id_from_bytes(item.key))
+            if self._last_refreshed.get(key := id_from_bytes(item.key), -math.inf) < horizon
+            and self._is_replica(key)
         ]
         self._published = {key: item for key, item in self._published.items() if item.expiration > now}
         items.extend(self._published.values())
