@@ -3,6 +3,7 @@
 from tesseract.client.errors import ExpertError, MixtureError
 from tesseract.client.expert import RemoteExpert
 from tesseract.client.moe import RemoteMixtureOfExperts
+from tesseract.client.sequential import RemoteSequential, SequenceError
 from tesseract.client.session import Client
 from tesseract.client.switch import RemoteSwitchMixtureOfExperts
 
@@ -12,5 +13,7 @@ __all__ = [
     "MixtureError",
     "RemoteExpert",
     "RemoteMixtureOfExperts",
+    "RemoteSequential",
     "RemoteSwitchMixtureOfExperts",
+    "SequenceError",
 ]

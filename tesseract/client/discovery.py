@@ -9,20 +9,41 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from tesseract.dht import DHTNode
+from tesseract.dht.records import Found
 from tesseract.expert_uid import ExpertInfo, parse_prefix, parse_uid
 
 
 async def get_experts(dht: DHTNode, uids: Sequence[str]) -> list[ExpertInfo | None]:
-    """The live endpoint of each uid, or None."""
+    """A live endpoint of each uid (the most recently renewed of those the first holder knows), or None."""
     for uid in uids:
         parse_uid(uid)
-    found = await dht.get_many(list(uids))
+    found = await dht.get_many(list(dict.fromkeys(uids)))
     infos: list[ExpertInfo | None] = []
     for uid in uids:
-        record = found[uid]
-        ok = record is not None and not record.is_dictionary and isinstance(record.value, str)
-        infos.append(ExpertInfo(uid, record.value) if ok else None)
+        endpoints = _endpoints(found[uid])
+        infos.append(ExpertInfo(uid, endpoints[0]) if endpoints else None)
     return infos
+
+
+async def get_replicas(dht: DHTNode, uids: Sequence[str]) -> dict[str, list[str]]:
+    """Every live endpoint of each uid, the most recently renewed first. Every replica of the record
+    is asked and their entries merged: one that joined after some servers announced holds only the
+    entries of the later ones until the others renew."""
+    for uid in uids:
+        parse_uid(uid)
+    found = await dht.get_many(list(dict.fromkeys(uids)), latest=True)
+    return {uid: _endpoints(found[uid]) for uid in uids}
+
+
+def _endpoints(record: Found | None) -> list[str]:
+    """A uid record's endpoints, the latest expiration first; entries not ``{endpoint: endpoint}`` are
+    ignored."""
+    entries = []
+    if record is not None and record.subkeys is not None:
+        for endpoint, item in record.subkeys.items():
+            if isinstance(endpoint, str) and item.value == endpoint:
+                entries.append((item.expiration, endpoint))
+    return [endpoint for _, endpoint in sorted(entries, reverse=True)]
 
 
 async def get_active_successors(
@@ -60,4 +81,4 @@ async def find_alive_prefixes(dht: DHTNode, prefixes: Iterable[str]) -> list[str
     return [prefix for prefix in prefixes if successors[prefix]]
 
 
-__all__ = ["find_alive_prefixes", "get_active_successors", "get_experts"]
+__all__ = ["find_alive_prefixes", "get_active_successors", "get_experts", "get_replicas"]

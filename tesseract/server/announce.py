@@ -1,7 +1,8 @@
 """How a server tells the DHT which experts it serves.
 
-For each uid it stores ``uid -> endpoint`` and, under every proper prefix of the uid, one sub-key
-entry for the next coordinate (``ffn -> {3: [uid, endpoint]}``, ``ffn.3 -> {14: [uid, endpoint]}``),
+For each uid it stores the sub-key entry ``uid -> {endpoint: endpoint}`` (several servers may host
+replicas of one uid, and each keeps its own entry) and, under every proper prefix of the uid, one
+sub-key entry for the next coordinate (``ffn -> {3: [uid, endpoint]}``, ``ffn.3 -> {14: [uid, endpoint]}``),
 so a beam search can ask "which successors of these prefixes are alive?" in one batched DHT round
 (``tesseract.client.discovery``). A prefix entry needs one live expert under it, so a server with many
 experts under one (prefix, coordinate) announces that entry once, not once per expert.
@@ -26,7 +27,7 @@ def announcement_items(
     prefix_items: dict[tuple[str, int], int] = {}
     for uid in uids:
         parse_uid(uid)
-        items.append((uid, endpoint, expiration, None))
+        items.append((uid, endpoint, expiration, endpoint))
         owners.append([uid])
         for prefix, coordinate in uid_prefixes(uid):
             index = prefix_items.get((prefix, coordinate))
