@@ -92,7 +92,7 @@ def test_a_crashed_server_is_replaced_by_a_replica_and_without_one_the_block_is_
             assert "every replica failed" in str(info.value)
 
             unknown = RemoteSequential(["block.77"], client, forward_timeout=2)
-            with pytest.raises(SequenceError, match="block.77: no server hosts it"):
+            with pytest.raises(SequenceError, match=r"block\.77: no server hosts it"):
                 await client.host.compute(unknown, x)
 
     world.run(main)
@@ -107,9 +107,9 @@ def test_blocks_that_do_not_fit_are_named_before_any_tensor_is_sent(world: World
         _, server = await start_expert_server(world, [narrow, wide], [boot.address])
         async with Client.attach(await world.new_host(), [boot.address]) as client:
             chain = RemoteSequential(["block.0", "block.1"], client, forward_timeout=2)
-            with pytest.raises(ValueError, match=r"blocks block.0 and block.1 do not fit"):
+            with pytest.raises(ValueError, match=r"blocks block\.0 and block\.1 do not fit"):
                 await client.host.compute(chain, torch.randn(2, HIDDEN))
-            with pytest.raises(ValueError, match="block.0 inputs"):
+            with pytest.raises(ValueError, match=r"block\.0 inputs"):
                 await client.host.compute(RemoteSequential(["block.0"], client), torch.randn(2, 3))
             assert all(stats.requests == 0 for stats in server.runtime.stats.values())
 

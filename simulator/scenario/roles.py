@@ -15,7 +15,7 @@ from tesseract.client.moe import RemoteMixtureOfExperts
 from tesseract.dht import DHTConfig, DHTNode
 from tesseract.expert_uid import parse_uid
 from tesseract.runtime.backend import ExpertBackend, adam
-from tesseract.runtime.zoo import make_expert
+from tesseract.runtime.zoo import make_expert, make_modelled_expert
 from tesseract.server import ExpertServer
 from tesseract.server.options import expand_experts
 from tesseract.train.data import load_digits
@@ -93,7 +93,8 @@ async def _serve(run: RoleContext, member: Member, stack: AsyncExitStack) -> Non
     torch.manual_seed(run.seed * 1_000_003 + member.host.index)
     backends = []
     for uid in experts_of(member):
-        module, schema = make_expert(settings.expert_cls, settings.hidden_dim)
+        build = make_modelled_expert if settings.compute == "modelled" else make_expert
+        module, schema = build(settings.expert_cls, settings.hidden_dim)
         backends.append(
             ExpertBackend(
                 uid,

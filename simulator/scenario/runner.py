@@ -68,7 +68,12 @@ class ScenarioRun:
         self.members: list[Member] = []
         self.by_group: dict[str, list[Member]] = {}
         self.now = 0.0
-        self.notes: list[str] = []
+        self.notes: list[str] = [
+            f"group {group.name}: compute modelled, not run: each {group.server.expert_cls} call is "
+            "charged its flops on the group's device as virtual time; tensors keep their real sizes"
+            for group in scenario.groups
+            if group.server is not None and group.server.compute == "modelled"
+        ]
         self._zones: dict[str, int] = {}
         self.context = RoleContext(
             seed=scenario.seed,

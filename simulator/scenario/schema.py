@@ -239,7 +239,11 @@ class Churn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Which experts, as uids and patterns split over the group's members (``ffn.[0:16].[0:16]``).
     experts: str
-    expert_cls: Literal["ffn", "transformer", "nop"] = "ffn"
+    expert_cls: Literal["ffn", "transformer", "nop", "paper-ffn", "paper-transformer"] = "ffn"
+    #: ``real`` runs the experts' arithmetic; ``modelled`` skips it and charges the block's flops on
+    #: the group's device as virtual time (tensors keep their real shapes: the network carries the
+    #: real bytes). For blocks too large to compute here, such as the paper's.
+    compute: Literal["real", "modelled"] = "real"
     hidden_dim: int = 64
     max_batch_size: int = 256
     announce_period: Duration = Duration(10.0)

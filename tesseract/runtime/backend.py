@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from tesseract.runtime.schema import ExpertSchema
+from tesseract.runtime.zoo import flops_per_sample
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -85,6 +86,9 @@ class ExpertBackend:
         self.step_pending = False  # parameter gradients wait for apply_step
         self.skipped_steps = 0  # backward batches whose gradients were not finite
         self.parameter_count = sum(p.numel() for p in self.module.parameters())
+        # What the simulator charges: the block's own figures (a modelled block: the real one's).
+        self._flops_per_sample = flops_per_sample(self.module)
+        self._step_parameters = getattr(self.module, "modelled_parameters", self.parameter_count)
 
     # ----- compute (synchronous: run through host.compute) -------------------------------------
 
@@ -173,13 +177,14 @@ class ExpertBackend:
             parameter.grad = None
 
     def flops(self, kind: str, batch_size: int) -> float:
-        """A rough cost for the simulator: 2 flops per parameter per sample forward, 3x that backward."""
-        forward = 2.0 * self.parameter_count * batch_size
+        """A rough cost for the simulator: the module's cost per sample (2 flops per parameter unless
+        it says otherwise) forward, 3x that backward."""
+        forward = self._flops_per_sample * batch_size
         return forward if kind == "forward" else 3.0 * forward
 
     def step_flops(self) -> float:
         """A rough cost of ``apply_step``: Adam does about a dozen flops per parameter."""
-        return 12.0 * self.parameter_count
+        return 12.0 * self._step_parameters
 
     # ----- checkpoints -------------------------------------------------------------------------
 
