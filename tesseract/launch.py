@@ -292,7 +292,6 @@ class LocalSwarm:
         self.server_arguments = list(server_arguments)
         self.bootstrap: NodeProcess | None = None
         self.servers: list[NodeProcess] = []
-        self.trainer: subprocess.Popen | None = None
         #: One torch thread per process: five processes on a laptop must not fight over its cores.
         self.env = {"OMP_NUM_THREADS": "1"}
 
@@ -336,24 +335,38 @@ class LocalSwarm:
 
     def train(self, arguments: Sequence[str], *, stdout: TextIO | None = None) -> int:
         """Run ``tesseract train`` against the swarm (its output to ``stdout``); its exit code."""
+        return self.train_together([arguments], stdout=stdout)[0]
+
+    def train_together(
+        self, argument_lists: Sequence[Sequence[str]], *, stdout: TextIO | None = None
+    ) -> list[int]:
+        """Run one ``tesseract train`` per argument list, all at once, against the swarm; their exit
+        codes. The first one's output goes to ``stdout``, the others' to the swarm's log."""
         assert self.bootstrap is not None
         command = [sys.executable, "-m", "tesseract", "train", "--initial-peers", self.bootstrap.address]
-        self.trainer = subprocess.Popen(
-            [*command, "--listen", f"{self.host}:0", *arguments],
-            env=child_environment(self.env),
-            stdout=stdout,
-            stderr=subprocess.STDOUT if stdout is not None else None,
-        )
+        trainers = []
         try:
-            return self.trainer.wait()
+            for index, arguments in enumerate(argument_lists):
+                output = stdout if index == 0 else (self.log or subprocess.DEVNULL)
+                trainers.append(
+                    subprocess.Popen(
+                        [*command, "--listen", f"{self.host}:0", *arguments],
+                        env=child_environment(self.env),
+                        stdout=output,
+                        stderr=subprocess.STDOUT if output is not None else None,
+                    )
+                )
+            return [trainer.wait() for trainer in trainers]
         finally:
-            if self.trainer.poll() is None:
-                self.trainer.terminate()
+            for trainer in trainers:
+                if trainer.poll() is None:
+                    trainer.terminate()
+            for trainer in trainers:
                 try:
-                    self.trainer.wait(10)
+                    trainer.wait(10)
                 except subprocess.TimeoutExpired:
-                    self.trainer.kill()
-                    self.trainer.wait()
+                    trainer.kill()
+                    trainer.wait()
 
     def __exit__(self, *exc_info: Any) -> None:
         nodes = [*self.servers, *([self.bootstrap] if self.bootstrap else [])]

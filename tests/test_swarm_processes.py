@@ -51,6 +51,31 @@ def test_a_local_swarm_learns_with_a_tenth_of_expert_calls_failing(tmp_path: Pat
     assert summary["final_test_accuracy"] >= 0.93, summary
 
 
+def test_four_trainers_that_average_train_one_model(tmp_path: Path) -> None:
+    common = [
+        "--servers",
+        "2",
+        "--grid",
+        "4",
+        "4",
+        "--hidden-dim",
+        "32",
+        "--trainers",
+        "4",
+        "--max-steps",
+        "60",
+    ]
+    summary = swarm(tmp_path, *common, "--average-every", "5", "--average-window", "2")
+    assert len(summary["trainers"]) == 4
+    # Each trainer averaged with the others in most rounds, and all of them ended on one model.
+    assert all(t["averaging"]["averaged_with"] >= 2 * t["averaging"]["rounds"] for t in summary["trainers"])
+    assert summary["parameter_disagreement"] < 1e-4, summary
+    assert all(t["final_test_accuracy"] >= 0.8 for t in summary["trainers"]), summary
+    # Without averaging, the same four trainers end on four models.
+    apart = swarm(tmp_path, *common)
+    assert apart["parameter_disagreement"] > 0.5, apart
+
+
 def test_swarm_needs_local_and_says_so() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "tesseract", "swarm"], cwd=ROOT, capture_output=True, text=True, timeout=60

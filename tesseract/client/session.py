@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from tesseract.concurrency import background_nursery
 from tesseract.dht.node import DHTConfig, DHTNode
 from tesseract.net import RPCClient
 from tesseract.net.host import Host
@@ -54,6 +55,7 @@ class Client:
         #: Expert calls that failed on the network, by kind: timeouts, refused (a typed error), unreachable.
         self.stats: Counter[str] = Counter()
         self._loop: Any = None
+        self._nursery: Any = None
 
     # ----- synchronous use: a loop of our own in a background thread --------------------------
 
@@ -106,6 +108,7 @@ class Client:
                 )
             self.dht = dht
             self.rpc = await stack.enter_async_context(RPCClient(host))
+            self._nursery = await stack.enter_async_context(background_nursery())
             yield
 
     # ----- from synchronous code ---------------------------------------------------------------
@@ -113,6 +116,12 @@ class Client:
     def run(self, async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``async_fn(*args)`` on the client's loop from synchronous code; return its result."""
         return self.host.bridge.run(async_fn, *args)
+
+    async def start_service(self, serve: Callable[..., Awaitable[Any]]) -> None:
+        """Start ``serve(task_status=...)`` (trio's ``nursery.start`` protocol) beside the client's
+        own services; it runs until the client closes. From synchronous code: ``client.run(
+        client.start_service, serve)``."""
+        await self._nursery.start(serve)
 
     def now(self) -> float:
         """The loop's clock (virtual in the simulator), for rates and timeouts in synchronous code."""

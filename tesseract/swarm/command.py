@@ -22,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--local", action="store_true", help="run every process on this machine (required)")
     parser.add_argument("--servers", type=int, default=4, help="expert server processes")
+    parser.add_argument(
+        "--trainers",
+        type=int,
+        default=1,
+        help="trainer processes (seeds SEED, SEED+1, ...); with --average-every they train one model",
+    )
     parser.add_argument("--expert-cls", default="ffn")
     parser.add_argument(
         "--fault-rate", type=float, default=0.0, help="share of expert calls the servers fail"
@@ -48,12 +54,24 @@ def trainer_arguments(options: argparse.Namespace, summary: Path) -> list[str]:
     return [*as_command_line(actions, options), "--json", str(summary)]
 
 
+def parameter_disagreement(paths: list[Path]) -> float:
+    """How far the trainers' own parameters are apart: max |p_i - mean| / |mean| (L2 norms)."""
+    import numpy
+
+    vectors = numpy.stack([numpy.load(path, allow_pickle=False) for path in paths]).astype(numpy.float64)
+    mean = vectors.mean(axis=0)
+    scale = float(numpy.linalg.norm(mean)) or 1.0
+    return float(max(numpy.linalg.norm(vector - mean) for vector in vectors) / scale)
+
+
 def settings_problem(options: argparse.Namespace) -> str | None:
     """What is wrong with the settings, found before any process starts (None: nothing)."""
     if not options.grid or any(size < 1 for size in options.grid):
         return f"--grid needs positive sizes, got {options.grid}"
     if options.servers < 1:
         return f"--servers must be at least 1, got {options.servers}"
+    if options.trainers < 1:
+        return f"--trainers must be at least 1, got {options.trainers}"
     if not 0.0 <= options.fault_rate <= 1.0:
         return f"--fault-rate must be within [0, 1], got {options.fault_rate}"
     if options.dataset != "digits":
@@ -81,7 +99,8 @@ def run(options: argparse.Namespace) -> int:
         experts = math.prod(options.grid)
         print(
             f"local swarm: 1 DHT node, {options.servers} servers with {experts} {options.expert_cls} experts "
-            f"(grid {'x'.join(map(str, options.grid))}, hidden {options.hidden_dim}), 1 trainer",
+            f"(grid {'x'.join(map(str, options.grid))}, hidden {options.hidden_dim}), "
+            f"{options.trainers} trainer{'s' if options.trainers > 1 else ''}",
             flush=True,
         )
         try:
@@ -104,16 +123,28 @@ def run(options: argparse.Namespace) -> int:
             return 2
         servers = ", ".join(server.address for server in swarm.servers)
         print(f"DHT bootstrap at {swarm.bootstrap.address}; servers at {servers}", flush=True)
-        summary_path = workdir / "trainer.json"
+        runs = [
+            [
+                *trainer_arguments(options, workdir / f"trainer-{index}.json"),
+                *["--seed", str(options.seed + index)],
+                *["--save-parameters", str(workdir / f"parameters-{index}.npy")],
+            ]
+            for index in range(options.trainers)
+        ]
         try:
-            code = swarm.train(trainer_arguments(options, summary_path))
+            codes = swarm.train_together(runs)
         except KeyboardInterrupt:
             print("interrupted: stopping the swarm", flush=True)
             return 130
-        if code != 0 or not summary_path.exists():
-            print(f"error: the trainer exited with code {code}", file=sys.stderr)
-            return code or 1
-        trainer = json.loads(summary_path.read_text())
+        for index, code in enumerate(codes):
+            if code != 0 or not (workdir / f"trainer-{index}.json").exists():
+                print(f"error: trainer {index} exited with code {code}", file=sys.stderr)
+                return code or 1
+        trainers = [json.loads((workdir / f"trainer-{i}.json").read_text()) for i in range(options.trainers)]
+        disagreement = parameter_disagreement(
+            [workdir / f"parameters-{i}.npy" for i in range(options.trainers)]
+        )
+    trainer = trainers[0]
     summary = {
         "final_test_accuracy": trainer["final_test_accuracy"],
         "steps": trainer["steps"],
@@ -122,16 +153,32 @@ def run(options: argparse.Namespace) -> int:
         "expert_calls": trainer["expert_calls"],
         "failed_steps": trainer["failed_steps"],
         "test_accuracy_per_epoch": trainer["test_accuracy_per_epoch"],
+        "trainers": [
+            {key: t[key] for key in ("final_test_accuracy", "steps", "samples_per_s", "averaging")}
+            for t in trainers
+        ],
+        #: max over trainers of |p_i - mean| / |mean|: near 0 when they train one model, about 1 for
+        #: trainers that never met.
+        "parameter_disagreement": disagreement,
         "parameters": {
             "servers": options.servers,
+            "trainers": options.trainers,
             "grid": options.grid,
             "hidden_dim": options.hidden_dim,
             "k_best": options.k_best,
             "fault_rate": options.fault_rate,
             "epochs": options.epochs,
             "batch_size": options.batch_size,
+            "average_every": options.average_every,
         },
     }
+    if options.trainers > 1:
+        accuracies = ", ".join(f"{t['final_test_accuracy']:.4f}" for t in trainers)
+        print(
+            f"trainers' test accuracy: {accuracies}; their parameters disagree by "
+            f"{disagreement:.4f} (relative)",
+            flush=True,
+        )
     print(
         f"swarm summary: test accuracy {summary['final_test_accuracy']:.4f}, {summary['steps']} steps, "
         f"{summary['samples_per_s']:.0f} samples/s, {summary['failed_calls']} failed expert calls; "

@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+import numpy
 import torch
 import trio
 
+from tesseract.client.averaging import AveragingConfig, ParameterAverager
 from tesseract.client.errors import MixtureError
 from tesseract.client.moe import RemoteMixtureOfExperts
 from tesseract.client.session import Client
@@ -62,9 +65,21 @@ async def wait_for_experts(mixture: RemoteMixtureOfExperts, count: int, timeout:
     raise MixtureError(f"fewer than {count} experts under {mixture.uid_prefix!r} appeared within {timeout}s")
 
 
+def save_parameters(model: torch.nn.Module, path: Path) -> None:
+    """The model's own parameters (not the remote experts), flattened into one ``.npy`` vector."""
+    flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
+    numpy.save(path, flat.numpy(), allow_pickle=False)
+
+
 def run(options: argparse.Namespace) -> int:
     if len(options.grid) < 1 or options.hidden_dim < 1:
         print("error: --grid needs at least one size and --hidden-dim must be positive", file=sys.stderr)
+        return 2
+    if options.average_every < 0 or options.average_group < 2 or not options.average_window > 0:
+        print(
+            "error: --average-every must be >= 0, --average-group >= 2 and --average-window positive",
+            file=sys.stderr,
+        )
         return 2
     try:
         data = load_dataset(options.dataset, seed=options.seed)
@@ -78,6 +93,18 @@ def run(options: argparse.Namespace) -> int:
             live = client.run(wait_for_experts, mixture, options.wait_for_experts, options.wait_timeout)
             say(f"trainer joined the DHT at {client.host.address}; {live} experts under {options.uid_prefix}")
             model = MixtureClassifier(data.features, data.classes, mixture)
+            averager = None
+            if options.average_every > 0:
+                averager = ParameterAverager(
+                    client,
+                    list(model.parameters()),
+                    AveragingConfig(
+                        group_size=options.average_group,
+                        window=options.average_window,
+                        lead=min(1.0, options.average_window / 4),
+                    ),
+                )
+                client.run(client.start_service, averager.serve)
             config = TrainConfig(
                 epochs=options.epochs,
                 batch_size=options.batch_size,
@@ -85,9 +112,20 @@ def run(options: argparse.Namespace) -> int:
                 seed=options.seed,
                 log_every=options.log_every,
                 max_steps=options.max_steps,
+                average_every=options.average_every,
+                average_settle=(
+                    options.average_settle
+                    if options.average_settle is not None
+                    else 3 * options.average_window
+                )
+                if averager is not None
+                else 0.0,
             )
             live = sys.stdout if sys.stdout.isatty() else None
-            summary = Trainer(model, data, client, config, report=say, live_progress=live).run()
+            trainer = Trainer(model, data, client, config, report=say, live_progress=live, averager=averager)
+            summary = trainer.run()
+            if options.save_parameters is not None:
+                save_parameters(model, options.save_parameters)
     except (BootstrapError, MixtureError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

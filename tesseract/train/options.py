@@ -21,6 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_mixture_arguments(parser)
     add_training_arguments(parser)
     parser.add_argument("--json", type=Path, default=None, help="write the final summary here")
+    parser.add_argument(
+        "--save-parameters",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the model's own parameters at the end, as one flat float32 .npy vector",
+    )
 
 
 def add_mixture_arguments(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -60,6 +67,28 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> list[argparse.Act
         training.add_argument("--learning-rate", type=float, default=3e-3),
         training.add_argument("--seed", type=int, default=0),
         training.add_argument("--log-every", type=int, default=10, help="steps between progress lines"),
+        training.add_argument(
+            "--average-every",
+            type=int,
+            default=0,
+            metavar="N",
+            help="average this trainer's own parameters (encoder, gates, head) with other trainers' "
+            "every N steps, so many trainers train one model (0: never)",
+        ),
+        training.add_argument(
+            "--average-group", type=int, default=8, help="trainers per averaging group (at least 2)"
+        ),
+        training.add_argument(
+            "--average-window", type=float, default=5.0, help="seconds between averaging rounds' starts"
+        ),
+        training.add_argument(
+            "--average-settle",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="at the end, keep averaging this long without training, so trainers that finish at "
+            "different times end on one model (default: three windows)",
+        ),
     ]
 
 

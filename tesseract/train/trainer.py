@@ -19,6 +19,7 @@ import trio
 from torch import nn
 from tqdm import tqdm
 
+from tesseract.client.averaging import ParameterAverager
 from tesseract.client.errors import ExpertError, MixtureError
 from tesseract.client.moe import RemoteMixtureOfExperts
 from tesseract.client.session import Client
@@ -45,6 +46,12 @@ class TrainConfig:
     max_retry_delay: float = 5.0
     #: ... and this many failed steps in a row end the run with ``TrainingStalled``.
     max_consecutive_failures: int = 30
+    #: With an averager: start a round of averaging the model's own parameters with other trainers
+    #: every this many steps (0: never) ...
+    average_every: int = 0
+    #: ... and at the end, keep averaging (without training) this many seconds, so trainers that
+    #: finish at different times end on the same parameters.
+    average_settle: float = 0.0
 
 
 @dataclass
@@ -73,10 +80,13 @@ class Trainer:
         *,
         report: Callable[[str], None] = print,
         live_progress: TextIO | None = None,
+        averager: ParameterAverager | None = None,
     ) -> None:
         """``report`` takes the progress and epoch lines. ``live_progress``: a terminal to draw one
-        live progress bar on instead of progress lines (epoch lines are printed above it)."""
+        live progress bar on instead of progress lines (epoch lines are printed above it).
+        ``averager``: averages the model's own parameters with other trainers' (``average_every``)."""
         self.model = model
+        self.averager = averager
         self.data = data
         self.client = client
         self.config = config or TrainConfig()
@@ -118,8 +128,11 @@ class Trainer:
                 done = self.state.steps + self.state.failed_steps
                 if config.log_every and done % config.log_every == 0:
                     self._progress(epoch, done, total)
+            finished = self.state.steps + self.state.failed_steps >= total or epoch == config.epochs
+            if finished and self.averager is not None and config.average_settle > 0:
+                yield lambda: self.averager.settle(config.average_settle)
             yield lambda epoch=epoch: self._evaluate_epoch(epoch, total)
-            if self.state.steps + self.state.failed_steps >= total:
+            if finished:
                 break
         if self._bar is not None:
             self._bar.close()
@@ -127,6 +140,8 @@ class Trainer:
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         started = self.client.now()
+        if self.averager is not None:
+            self.averager.apply_pending()  # between steps: never under the optimizer's feet
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         try:
@@ -141,6 +156,9 @@ class Trainer:
         self.state.samples += len(y)
         self.state.losses.append(float(loss.detach()))
         self.state.train_time += self.client.now() - started
+        every = self.config.average_every
+        if self.averager is not None and every and self.state.steps % every == 0:
+            self.averager.request_round()
 
     def _step_failed(self, error: Exception) -> None:
         state, config = self.state, self.config
@@ -168,6 +186,8 @@ class Trainer:
         return correct / max(1, len(y))
 
     def _evaluate_epoch(self, epoch: int, total: int) -> None:
+        if self.averager is not None:
+            self.averager.apply_pending()
         accuracy = self.evaluate(self.data.test_x, self.data.test_y)
         self.state.test_accuracy.append(accuracy)
         recent = self.state.losses[-20:]
@@ -224,4 +244,5 @@ class Trainer:
             "first_loss": self.state.losses[0] if self.state.losses else None,
             "final_loss": sum(self.state.losses[-20:]) / max(1, len(self.state.losses[-20:])),
             "last_error": self.state.last_error,
+            "averaging": dict(self.averager.stats) if self.averager is not None else {},
         }
