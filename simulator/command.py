@@ -30,7 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep = actions.add_parser("sweep", help="run a scenario for each value of a parameter, in parallel")
     _common(sweep)
-    sweep.add_argument("--param", required=True, help="PATH=V1,V2,... (e.g. network.latency='10 ms,50 ms')")
+    sweep.add_argument(
+        "--param",
+        default=None,
+        help="PATH=V1,V2,... (e.g. network.latency='10 ms,50 ms'); default: the file's sweep section",
+    )
     sweep.add_argument("--seed", type=int, default=None)
     sweep.add_argument("--jobs", type=int, default=2, help="runs at once (processes)")
     sweep.add_argument("--out", type=Path, default=None, help="folder of the sweep (default runs/NAME-sweep)")
@@ -131,13 +135,23 @@ def _sweep(options: argparse.Namespace, overrides: list[str]) -> int:
     from simulator.scenario.errors import ScenarioError
     from simulator.scenario.load import load_scenario
 
-    path, sep, values_text = options.param.partition("=")
-    values = [v.strip() for v in values_text.split(",") if v.strip()]
-    if not sep or not values:
-        print(f"error: --param takes PATH=V1,V2,..., got {options.param!r}", file=sys.stderr)
-        return 2
     points = []
     try:
+        if options.param is None:
+            base = load_scenario(options.scenario, profile=options.profile, overrides=overrides)
+            if base.sweep is None:
+                print(
+                    f"error: {options.scenario} has no sweep section: give --param PATH=V1,V2,...",
+                    file=sys.stderr,
+                )
+                return 2
+            path, values = base.sweep.param, [str(v) for v in base.sweep.values]
+        else:
+            path, sep, values_text = options.param.partition("=")
+            values = [v.strip() for v in values_text.split(",") if v.strip()]
+            if not sep or not values:
+                print(f"error: --param takes PATH=V1,V2,..., got {options.param!r}", file=sys.stderr)
+                return 2
         for value in values:  # every point must be valid before any runs
             point_overrides = [*overrides, f"{path}={value}"]
             scenario = load_scenario(options.scenario, profile=options.profile, overrides=point_overrides)
@@ -177,6 +191,9 @@ def _sweep(options: argparse.Namespace, overrides: list[str]) -> int:
 
     files = plot_sweep(out, path, summaries)
     print(f"sweep of {path} over {len(points)} values: {len(files)} plots in {out}")
+    kept = json.loads((out / "sweep.json").read_text())["kept"]
+    for name, value in kept.get("train.throughput", {}).items():
+        print(f"{name}: {value:.3f} (train.throughput)")
     return 1 if failed else 0
 
 

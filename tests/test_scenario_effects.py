@@ -627,3 +627,33 @@ def test_one_scenario_and_seed_give_one_trace_hash(tmp_path: Path) -> None:
     assert first.to_json() == second.to_json()
     assert other_result.trace_hash != first_result.trace_hash
     assert other.to_json() != first.to_json()
+
+
+def test_trainers_that_average_end_on_one_model_and_those_that_do_not_on_several(tmp_path: Path) -> None:
+    scenario = """
+        seed: 3
+        duration: 60 s
+        groups:
+          - {name: boot, role: dht}
+          - {name: servers, role: server, count: 2, server: {experts: "ffn.[0:4]", hidden_dim: 16}}
+          - name: together
+            role: trainer
+            count: 4
+            start: {at: 2 s}
+            trainer:
+              grid: [4]
+              hidden_dim: 16
+              steps: 40
+              average: {every: 5, group: 4, window: 2 s, lead: 0.5 s, timeout: 2 s, settle: 6 s}
+          - name: apart
+            role: trainer
+            count: 3
+            start: {at: 2 s}
+            trainer: {grid: [4], hidden_dim: 16, steps: 40}
+        metrics: {interval: 1 s, record: [live, training]}
+    """
+    recorder, _ = run_scenario(tmp_path, scenario)
+    spread = points(recorder, "train.disagreement", "together", 0, 60)
+    assert spread[0] > 0.5  # different seeds, different starting parameters
+    assert spread[-1] < 1e-4, spread
+    assert "apart" not in recorder.labels("train.disagreement")  # only groups that average

@@ -90,13 +90,26 @@ def check_scenario(scenario: Scenario, file: str, *, base_dir: Path) -> None:
             "groups",
             "no DHT node to bootstrap from: add a dht or server group that accepts inbound connections",
         )
+    all_served = {uid for uids in served.values() for uid, _ in uids}
     for index, group in enumerate(scenario.groups):
         if group.trainer is None:
             continue
-        prefix, grid = group.trainer.uid_prefix, group.trainer.grid
+        if group.trainer.model == "sequential":
+            where = f"groups[{index}].trainer.blocks"
+            try:
+                blocks = expand_experts(group.trainer.blocks or "")
+            except ValueError as exc:
+                fail(where, str(exc))
+            missing = [uid for uid in blocks if uid not in all_served]
+            if missing:
+                more = " ..." if len(missing) > 3 else ""
+                fail(where, f"no server group serves {_names(missing[:3])}{more}")
+            prefix = parse_uid(blocks[0])[0]
+        else:
+            prefix, grid = group.trainer.uid_prefix, group.trainer.grid
         if prefix not in served:
             fail(f"groups[{index}].trainer.uid_prefix", f"no server group serves experts under {prefix!r}")
-        for uid, where in served[prefix]:
+        for uid, where in served[prefix] if group.trainer.model == "mixture" else []:
             coords = parse_uid(uid)[1]
             if len(coords) != len(grid) or any(c >= size for c, size in zip(coords, grid, strict=True)):
                 fail(

@@ -10,8 +10,10 @@ import torch
 import trio
 
 from tesseract.client import Client
+from tesseract.client.averaging import AveragingConfig, ParameterAverager
 from tesseract.client.discovery import get_active_successors
 from tesseract.client.moe import RemoteMixtureOfExperts
+from tesseract.client.sequential import RemoteSequential
 from tesseract.dht import DHTConfig, DHTNode
 from tesseract.expert_uid import parse_uid
 from tesseract.runtime.backend import ExpertBackend, adam
@@ -19,7 +21,7 @@ from tesseract.runtime.zoo import make_expert, make_modelled_expert
 from tesseract.server import ExpertServer
 from tesseract.server.options import expand_experts
 from tesseract.train.data import load_digits
-from tesseract.train.model import MixtureClassifier
+from tesseract.train.model import MixtureClassifier, RemoteClassifier
 from tesseract.train.trainer import TrainConfig, Trainer
 
 if TYPE_CHECKING:
@@ -141,19 +143,41 @@ async def _train(run: RoleContext, member: Member, peers: list[str], stack: Asyn
     _observe_calls(run, client.rpc)
     _observe_calls(run, client.require_dht().rpc)
     torch.manual_seed(run.seed * 1_000_003 + member.host.index)
-    mixture = RemoteMixtureOfExperts(
-        in_features=settings.hidden_dim,
-        grid_size=tuple(settings.grid),
-        uid_prefix=settings.uid_prefix,
-        client=client,
-        k_best=settings.k_best,
-        k_min=settings.k_min,
-        forward_timeout=settings.forward_timeout,
-        backward_timeout=settings.backward_timeout,
-        timeout_after_k_min=settings.timeout_after_k_min,
-    )
     data = _digits()
-    model = MixtureClassifier(data.features, data.classes, mixture)
+    if settings.model == "sequential":
+        chain = RemoteSequential(
+            expand_experts(settings.blocks or ""),
+            client,
+            forward_timeout=settings.forward_timeout,
+            backward_timeout=settings.backward_timeout,
+        )
+        model: torch.nn.Module = RemoteClassifier(data.features, data.classes, settings.hidden_dim, chain)
+    else:
+        mixture = RemoteMixtureOfExperts(
+            in_features=settings.hidden_dim,
+            grid_size=tuple(settings.grid),
+            uid_prefix=settings.uid_prefix,
+            client=client,
+            k_best=settings.k_best,
+            k_min=settings.k_min,
+            forward_timeout=settings.forward_timeout,
+            backward_timeout=settings.backward_timeout,
+            timeout_after_k_min=settings.timeout_after_k_min,
+        )
+        model = MixtureClassifier(data.features, data.classes, mixture)
+    averager = None
+    average = settings.average
+    if average is not None:
+        config = AveragingConfig(
+            name=member.group.name,
+            group_size=average.group,
+            window=average.window,
+            lead=average.lead,
+            timeout=average.timeout,
+        )
+        averager = await stack.enter_async_context(
+            ParameterAverager.start(client, list(model.parameters()), config)
+        )
     config = TrainConfig(
         epochs=10**6,
         batch_size=settings.batch_size,
@@ -162,8 +186,12 @@ async def _train(run: RoleContext, member: Member, peers: list[str], stack: Asyn
         log_every=0,
         max_steps=settings.steps,
         max_consecutive_failures=10**9,  # a swarm cut off for a while waits, as a volunteer would
+        average_every=average.every if average is not None else 0,
+        average_settle=average.settle if average is not None else 0.0,
     )
-    trainer = Trainer(model, data, client, config, report=lambda line: None)
+    trainer = Trainer(model, data, client, config, report=lambda line: None, averager=averager)
+    if averager is not None:
+        member.services["averager"] = averager
     member.services["trainer"] = trainer
     member.services["client"] = client
     return trainer
@@ -200,7 +228,7 @@ async def sample_grids(run: RoleContext, members: list[Member], groups: list[Gro
     """The share of each trainer grid whose experts a live trainer finds in the DHT now."""
     grids: dict[str, tuple[int, ...]] = {}
     for group in groups:
-        if group.trainer is not None:
+        if group.trainer is not None and group.trainer.model == "mixture":
             grids[group.trainer.uid_prefix] = tuple(group.trainer.grid)
     for prefix, grid in grids.items():
         finder_owner = next(
@@ -232,4 +260,20 @@ async def sample_grids(run: RoleContext, members: list[Member], groups: list[Gro
         run.recorder.sample("grid.findable", trio.current_time(), found / total, label=prefix)
 
 
-__all__ = ["experts_of", "run_member", "sample_grids"]
+def disagreement(trainers: list[Member]) -> float | None:
+    """For a group whose trainers average: max |p_i - mean| / |mean| over its live trainers' own
+    parameters (0 when they train one model); None for other groups, or fewer than two."""
+    vectors = [
+        torch.cat([p.detach().reshape(-1) for p in m.services["averager"].parameters]).double()
+        for m in trainers
+        if m.alive and "averager" in m.services
+    ]
+    if len(vectors) < 2:
+        return None
+    stacked = torch.stack(vectors)
+    mean = stacked.mean(dim=0)
+    scale = float(mean.norm()) or 1.0
+    return float((stacked - mean).norm(dim=1).max()) / scale
+
+
+__all__ = ["disagreement", "experts_of", "run_member", "sample_grids"]

@@ -68,6 +68,7 @@ class ScenarioRun:
         self.members: list[Member] = []
         self.by_group: dict[str, list[Member]] = {}
         self.now = 0.0
+        self._throughput_from: dict[str, tuple[float, float] | None] = {}
         self.notes: list[str] = [
             f"group {group.name}: compute modelled, not run: each {group.server.expert_cls} call is "
             "charged its flops on the group's device as virtual time; tensors keep their real sizes"
@@ -191,6 +192,16 @@ class ScenarioRun:
             r.declare("traffic.bytes", unit="bytes", title="Bytes sent per group", kind="counter")
         if "training" in families:
             r.declare("train.samples", unit="samples", title="Samples trained per group", kind="counter")
+            r.declare(
+                "train.disagreement",
+                unit="relative",
+                title="How far a group's trainers' own parameters are apart (max |p - mean| / |mean|)",
+            )
+            r.declare(
+                "train.throughput",
+                unit="samples/s",
+                title="Samples trained per second, while the group trains",
+            )
             r.declare("train.loss", unit="loss", title="Training loss (mean over the interval)")
             r.declare("train.accuracy", unit="share", title="Test accuracy (latest epoch)")
         if "failures" in families:
@@ -216,9 +227,16 @@ class ScenarioRun:
                 r.sample("traffic.bytes", t, nbytes, label=group)
             trainers = [m for m in members if m.group.role == "trainer"]
             if trainers and "training" in families:
-                r.sample(
-                    "train.samples", t, sum(self._trainer_total(m, "samples") for m in trainers), label=group
-                )
+                samples = sum(self._trainer_total(m, "samples") for m in trainers)
+                r.sample("train.samples", t, samples, label=group)
+                # Over intervals the group trained throughout, from its first finished step on (the
+                # first steps wait for lookups and schemas): a group that trains for part of the
+                # run is measured in its steady state over that part alone.
+                training = any(self._training(m) for m in trainers) and samples > 0
+                before = self._throughput_from.get(group)
+                if training and before is not None and t > before[0]:
+                    r.sample("train.throughput", t, (samples - before[1]) / (t - before[0]), label=group)
+                self._throughput_from[group] = (t, samples) if training else None
                 losses: list[float] = []
                 accuracy: list[float] = []
                 for m in trainers:
@@ -230,6 +248,11 @@ class ScenarioRun:
                     m.services["losses_seen"] = len(trainer.state.losses)
                     if trainer.state.test_accuracy:
                         accuracy.append(trainer.state.test_accuracy[-1])
+                from simulator.scenario.roles import disagreement  # torch: only with trainers
+
+                apart = disagreement(trainers)
+                if apart is not None:
+                    r.sample("train.disagreement", t, apart, label=group)
                 if losses:
                     r.sample("train.loss", t, sum(losses) / len(losses), label=group)
                 if accuracy:
@@ -241,6 +264,15 @@ class ScenarioRun:
                         kinds[kind] = kinds.get(kind, 0) + value
                 for kind, value in sorted(kinds.items()):
                     r.sample("train.failed_calls", t, value, label=f"{group}:{kind}")
+
+    @staticmethod
+    def _training(member: Member) -> bool:
+        """Whether the member is alive with a trainer that has steps left."""
+        trainer = member.services.get("trainer")
+        if not member.alive or trainer is None:
+            return False
+        limit = trainer.config.max_steps
+        return limit is None or trainer.state.steps + trainer.state.failed_steps < limit
 
     def _trainer_total(self, member: Member, what: str) -> float:
         trainer = member.services.get("trainer")

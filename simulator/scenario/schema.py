@@ -70,10 +70,12 @@ class ExponentialSpec(msgspec.Struct, tag="exponential", **_STRUCT):
     mean: Duration
 
     def __post_init__(self) -> None:
-        _positive("mean", self.mean)
+        if not self.mean >= 0:
+            raise _field("mean", f"cannot be negative, got {self.mean}")
 
     def build(self) -> Distribution:
-        return Exponential(self.mean)
+        # A mean of 0 is the end point of a latency sweep: always 0.
+        return Exponential(self.mean) if self.mean > 0 else Fixed(0.0)
 
 
 class LogNormalSpec(msgspec.Struct, tag="lognormal", **_STRUCT):
@@ -228,6 +230,12 @@ class Churn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def __post_init__(self) -> None:
         _share("graceful", self.graceful)
+        for name in ("session", "downtime"):
+            spec = getattr(self, name)
+            # A member would come and go forever at one instant of virtual time.
+            largest = next((getattr(spec, f) for f in ("mean", "value", "high") if hasattr(spec, f)), 1.0)
+            if spec is not None and largest == 0:
+                raise _field(name, "is always 0: a session and a down time must take some time")
         if self.min_alive < 0:
             raise _field("min_alive", f"cannot be negative, got {self.min_alive}")
         if self.trace is None and self.session is None:
@@ -262,8 +270,42 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         _share("fault_rate", self.fault_rate)
 
 
+class AveragingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Trainers average their own parameters with each other (``tesseract.client.averaging``)."""
+
+    #: A round every this many steps (at the next window boundary).
+    every: int = 10
+    #: Members per averaging group.
+    group: int = 8
+    #: Rounds start at multiples of this much time.
+    window: Duration = Duration(5.0)
+    #: Time to register before a boundary; less than ``window``.
+    lead: Duration = Duration(1.0)
+    #: Each pull's deadline.
+    timeout: Duration = Duration(10.0)
+    #: At the end of training, keep averaging this long (trainers finishing apart end on one model).
+    settle: Duration = Duration(0.0)
+
+    def __post_init__(self) -> None:
+        _positive("every", self.every)
+        if self.group < 2:
+            raise _field("group", f"must be at least 2, got {self.group}")
+        for name in ("window", "lead", "timeout"):
+            _positive(name, getattr(self, name))
+        if self.lead >= self.window:
+            raise _field("lead", f"must be shorter than window ({self.window:g} s), got {self.lead:g} s")
+
+
 class TrainerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    grid: list[int]
+    """A trainer's model: a digits classifier whose middle is a remote mixture of experts over
+    ``grid`` (``model: mixture``) or a chain of remote blocks, one after another (``model:
+    sequential``, the ``blocks`` uids in order: the paper's model-parallel baseline)."""
+
+    grid: list[int] = msgspec.field(default_factory=list)
+    model: Literal["mixture", "sequential"] = "mixture"
+    #: The chain of a sequential model, as uids and patterns (``ffn.[0:224]``).
+    blocks: str | None = None
+    average: AveragingSettings | None = None
     uid_prefix: str = "ffn"
     hidden_dim: int = 64
     k_best: int = 4
@@ -278,8 +320,12 @@ class TrainerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     steps: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.grid or any(size < 1 for size in self.grid):
+        if self.model == "mixture" and (not self.grid or any(size < 1 for size in self.grid)):
             raise _field("grid", f"needs one or more positive sizes, got {self.grid}")
+        if self.model == "sequential" and not self.blocks:
+            raise _field("blocks", "a sequential model needs its blocks (uids or patterns, in order)")
+        if self.model == "mixture" and self.blocks is not None:
+            raise _field("blocks", "only a sequential model takes blocks (a mixture takes a grid)")
         for name in ("hidden_dim", "k_best", "k_min", "batch_size"):
             _positive(name, getattr(self, name))
         _positive("learning_rate", self.learning_rate)
@@ -340,7 +386,7 @@ class Group(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if self.role == "server" and self.server is None:
             raise ValueError("a server group needs a 'server' section (at least its experts)")
         if self.role == "trainer" and self.trainer is None:
-            raise ValueError("a trainer group needs a 'trainer' section (at least its grid)")
+            raise ValueError("a trainer group needs a 'trainer' section (at least its grid or blocks)")
         if self.role != "server" and self.server is not None:
             raise ValueError(f"a {self.role} group takes no 'server' section")
         if self.role != "trainer" and self.trainer is not None:
@@ -450,6 +496,20 @@ class Metrics(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         _positive("interval", self.interval)
 
 
+class Sweep(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What ``tesseract sim sweep FILE`` varies when not told (``--param``): a field path and the
+    values it takes, as ``--set`` would give them."""
+
+    param: str
+    values: list[str | int | float]
+
+    def __post_init__(self) -> None:
+        if not self.param.strip():
+            raise _field("param", "names the field to vary, e.g. network.latency.mean")
+        if not self.values:
+            raise _field("values", "needs at least one value")
+
+
 class Scenario(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str = ""
     description: str = ""
@@ -465,6 +525,7 @@ class Scenario(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     metrics: Metrics = msgspec.field(default_factory=Metrics)
     #: Named sets of overrides (``path: value``, as ``--set`` takes them), chosen with ``--profile``.
     profiles: dict[str, dict[str, Any]] = {}
+    sweep: Sweep | None = None
 
     def __post_init__(self) -> None:
         _positive("duration", self.duration)

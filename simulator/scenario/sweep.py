@@ -1,7 +1,13 @@
-"""A sweep's plots: each summary figure of each metric against the swept parameter, one line per label."""
+"""A sweep's plots: each summary figure of each metric against the swept parameter, one line per label.
+
+``sweep.json`` also holds, per metric and line, the share of its first point's figure that it keeps at
+the last point, named ``LABEL_kept_LASTVALUE`` (``dmoe_kept_200ms``): how much of its zero-latency
+throughput a method keeps at the largest latency, say.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,9 @@ def plot_sweep(out: Path, parameter: str, points: list[tuple[str, dict[str, Any]
             for label, figures in report.get("summary", {}).get(name, {}).items():
                 if figure in figures:
                     table.setdefault(name, {}).setdefault(label, []).append((value, figures[figure]))
-    (out / "sweep.json").write_text(json.dumps({"parameter": parameter, "metrics": table}, indent=1) + "\n")
+    kept = kept_shares(table, [value for value, _ in points])
+    summary = {"parameter": parameter, "metrics": table, "kept": kept}
+    (out / "sweep.json").write_text(json.dumps(summary, indent=1) + "\n")
     files = []
     values = [value for value, _ in points]
     for name, lines in table.items():
@@ -51,4 +59,26 @@ def plot_sweep(out: Path, parameter: str, points: list[tuple[str, dict[str, Any]
     return files
 
 
-__all__ = ["plot_sweep"]
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower().replace(" ", "")).strip("_")
+
+
+def kept_shares(
+    table: dict[str, dict[str, list[tuple[str, float]]]], values: list[str]
+) -> dict[str, dict[str, float]]:
+    """metric -> ``LABEL_kept_LASTVALUE`` -> the line's figure at the sweep's last value over its
+    figure at the first (lines without both, or with 0 at the first, are left out)."""
+    if len(values) < 2:
+        return {}
+    first, last = values[0], values[-1]
+    kept: dict[str, dict[str, float]] = {}
+    for name, lines in table.items():
+        for label, series in lines.items():
+            by_value = dict(series)
+            if by_value.get(first) and last in by_value:
+                share = by_value[last] / by_value[first]
+                kept.setdefault(name, {})[f"{_slug(label or name)}_kept_{_slug(last)}"] = share
+    return kept
+
+
+__all__ = ["kept_shares", "plot_sweep"]

@@ -29,3 +29,12 @@ class ExpertError(RuntimeError):
 
 class MixtureError(RuntimeError):
     """A mixture-of-experts layer could not give some sample the answers it needs."""
+
+
+class SequenceError(RuntimeError):
+    """A block of a ``RemoteSequential`` could not be run on any of its replicas."""
+
+    def __init__(self, uid: str, reason: str) -> None:
+        self.uid = uid
+        self.reason = reason
+        super().__init__(f"block {uid}: {reason}")

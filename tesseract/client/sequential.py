@@ -25,7 +25,7 @@ from torch import nn
 
 from tesseract.client import calls
 from tesseract.client.discovery import get_replicas
-from tesseract.client.errors import ExpertError
+from tesseract.client.errors import ExpertError, SequenceError
 from tesseract.client.expert import DUMMY
 from tesseract.client.session import Client
 from tesseract.expert_uid import parse_uid
@@ -35,15 +35,6 @@ from tesseract.server import protocol as wire
 
 #: Replicas read from the DHT are used this long before they are read again.
 REPLICAS_TTL = 30.0
-
-
-class SequenceError(RuntimeError):
-    """A block of a ``RemoteSequential`` could not be run on any of its replicas."""
-
-    def __init__(self, uid: str, reason: str) -> None:
-        self.uid = uid
-        self.reason = reason
-        super().__init__(f"block {uid}: {reason}")
 
 
 class RemoteSequential(nn.Module):
@@ -95,10 +86,22 @@ class RemoteSequential(nn.Module):
         """Each block's description; ValueError naming two adjacent blocks whose shapes disagree."""
         if self._checked is not None:
             return self._checked
-        infos = []
-        for uid in self.uids:
-            info, _ = await self._on_some_replica(uid, lambda e, u=uid: self._info(u, e))
-            infos.append(info)
+        infos: list[Any] = [None] * len(self.uids)
+
+        failures: list[SequenceError] = []
+
+        async def describe(index: int, uid: str) -> None:
+            try:
+                infos[index], _ = await self._on_some_replica(uid, lambda e: self._info(uid, e))
+            except SequenceError as error:
+                failures.append(error)
+
+        await self._replicas_of(self.uids[0], fresh=False)  # one DHT read for all, not one each
+        async with trio.open_nursery() as nursery:  # all at once: one round trip, not one per block
+            for index, uid in enumerate(self.uids):
+                nursery.start_soon(describe, index, uid)
+        if failures:
+            raise min(failures, key=lambda error: self.uids.index(error.uid))  # the first in the chain
         for (left, a), (right, b) in zip(
             zip(self.uids, infos, strict=True), zip(self.uids[1:], infos[1:], strict=True), strict=False
         ):

@@ -20,3 +20,17 @@ class MixtureClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.mixture(self.encoder(x)))
+
+
+class RemoteClassifier(nn.Module):
+    """features -> Linear + ReLU (to ``hidden``) -> ``body`` (hidden -> hidden, e.g. a
+    ``RemoteSequential``) -> Linear -> logits."""
+
+    def __init__(self, features: int, classes: int, hidden: int, body: nn.Module) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(features, hidden), nn.ReLU())
+        self.body = body
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.encoder(x)))

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tesseract.client.averaging import ParameterAverager
-from tesseract.client.errors import ExpertError, MixtureError
+from tesseract.client.errors import ExpertError, MixtureError, SequenceError
 from tesseract.client.moe import RemoteMixtureOfExperts
 from tesseract.client.session import Client
 from tesseract.train.data import Dataset
@@ -147,7 +147,7 @@ class Trainer:
         try:
             loss = nn.functional.cross_entropy(self.model(x), y)
             loss.backward()
-        except (MixtureError, ExpertError) as exc:
+        except (MixtureError, ExpertError, SequenceError) as exc:
             self._step_failed(exc)
             return
         self.state.consecutive_failures = 0
@@ -179,7 +179,7 @@ class Trainer:
             for start in range(0, len(y), batch_size):
                 try:
                     logits = self.model(x[start : start + batch_size])
-                except (MixtureError, ExpertError) as exc:
+                except (MixtureError, ExpertError, SequenceError) as exc:
                     logger.warning("evaluation batch failed: %s", exc)
                     continue
                 correct += int((logits.argmax(dim=1) == y[start : start + batch_size]).sum())
