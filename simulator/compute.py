@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import outcome
+import trio
 
 from tesseract.net.host import Bridge
 
@@ -46,8 +47,12 @@ class SimBridge(Bridge):
         requests.put(("call", (async_fn, args)))
         return replies.get().unwrap()
 
-    async def run_in_worker(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        """Run ``fn(*args)`` in a worker thread, serving its ``run`` calls, and return its result."""
+    async def run_in_worker(
+        self, fn: Callable[..., T], args: tuple[Any, ...], device: trio.Lock | None = None
+    ) -> T:
+        """Run ``fn(*args)`` in a worker thread, serving its ``run`` calls, and return its result.
+        ``device``, held by the caller, is let go while a ``run`` call is awaited: a step waiting on
+        the network leaves the device to other work (another step of the same trainer)."""
         requests: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         replies: queue.SimpleQueue[outcome.Outcome[Any]] = queue.SimpleQueue()
         local = self._local
@@ -66,7 +71,15 @@ class SimBridge(Bridge):
             if kind == "done":
                 return item.unwrap()
             async_fn, call_args = item
-            replies.put(await outcome.acapture(async_fn, *call_args))
+            if device is None:
+                replies.put(await outcome.acapture(async_fn, *call_args))
+                continue
+            device.release()
+            try:
+                answer = await outcome.acapture(async_fn, *call_args)
+            finally:
+                await device.acquire()  # the worker computes again: the device is ours again
+            replies.put(answer)
 
 
 class _WorkerPool:

@@ -139,10 +139,11 @@ class SimHost(Host):
 
         ``fn`` runs in a worker thread while this task blocks the trio loop synchronously (see
         ``simulator.compute``); if ``fn`` calls ``host.bridge.run``, the task awaits that coroutine in
-        virtual time (other tasks run meanwhile) and hands the result back.
+        virtual time (other tasks run meanwhile, and the host's device is free for other compute)
+        and hands the result back.
         """
         await self.checkpoint_up()
         async with self._device:
-            result = await self.bridge.run_in_worker(fn, args)
+            result = await self.bridge.run_in_worker(fn, args, self._device)
             await trio.sleep(self.profile.cost(flops))
         return result

@@ -657,3 +657,32 @@ def test_trainers_that_average_end_on_one_model_and_those_that_do_not_on_several
     assert spread[0] > 0.5  # different seeds, different starting parameters
     assert spread[-1] < 1e-4, spread
     assert "apart" not in recorder.labels("train.disagreement")  # only groups that average
+
+
+def test_a_trainer_with_steps_in_flight_trains_faster_over_slow_links(tmp_path: Path) -> None:
+    scenario = """
+        seed: 2
+        duration: 40 s
+        network: {latency: 100 ms}
+        groups:
+          - {name: boot, role: dht}
+          - {name: servers, role: server, count: 2, server: {experts: "ffn.[0:4]", hidden_dim: 16}}
+          - name: one
+            role: trainer
+            start: {at: 2 s}
+            trainer: {grid: [4], hidden_dim: 16, steps: 60, learning_rate: 0.01}
+          - name: four
+            role: trainer
+            start: {at: 2 s}
+            trainer: {grid: [4], hidden_dim: 16, steps: 60, learning_rate: 0.01, steps_in_flight: 4}
+        metrics: {interval: 2 s, record: [live, training]}
+    """
+    recorder, _ = run_scenario(tmp_path, scenario)
+    one = points(recorder, "train.throughput", "one", 0, 40)
+    four = points(recorder, "train.throughput", "four", 0, 40)
+    assert statistics.mean(four) > 3 * statistics.mean(one), (one, four)
+    samples = points(recorder, "train.samples", "four", 0, 40)
+    # Exactly its 60 steps, none more (an epoch's last batch is short: at most two in 60 steps).
+    assert 60 * 64 - 2 * 64 <= samples[-1] <= 60 * 64, samples
+    loss = points(recorder, "train.loss", "four", 0, 40)
+    assert loss[-1] < loss[0]  # its stale updates still train

@@ -188,6 +188,7 @@ async def _train(run: RoleContext, member: Member, peers: list[str], stack: Asyn
         max_consecutive_failures=10**9,  # a swarm cut off for a while waits, as a volunteer would
         average_every=average.every if average is not None else 0,
         average_settle=average.settle if average is not None else 0.0,
+        steps_in_flight=settings.steps_in_flight,
     )
     trainer = Trainer(model, data, client, config, report=lambda line: None, averager=averager)
     if averager is not None:

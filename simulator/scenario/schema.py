@@ -318,6 +318,9 @@ class TrainerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     learning_rate: float = 3e-3
     #: Optimizer steps each trainer takes (failed steps count); none: until the run ends.
     steps: int | None = None
+    #: Steps each trainer keeps under way at once (stale updates; the swarm stays busy while a
+    #: step's requests cross the network).
+    steps_in_flight: int = 1
 
     def __post_init__(self) -> None:
         if self.model == "mixture" and (not self.grid or any(size < 1 for size in self.grid)):
@@ -326,7 +329,7 @@ class TrainerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise _field("blocks", "a sequential model needs its blocks (uids or patterns, in order)")
         if self.model == "mixture" and self.blocks is not None:
             raise _field("blocks", "only a sequential model takes blocks (a mixture takes a grid)")
-        for name in ("hidden_dim", "k_best", "k_min", "batch_size"):
+        for name in ("hidden_dim", "k_best", "k_min", "batch_size", "steps_in_flight"):
             _positive(name, getattr(self, name))
         _positive("learning_rate", self.learning_rate)
         if self.k_min > self.k_best:

@@ -52,6 +52,10 @@ class TrainConfig:
     #: ... and at the end, keep averaging (without training) this many seconds, so trainers that
     #: finish at different times end on the same parameters.
     average_settle: float = 0.0
+    #: Steps under way at once (``run_async`` only): each computes its gradients on a copy of the
+    #: parameters it started from and applies them when it ends, so a trainer keeps the swarm busy
+    #: while its requests cross the network (stale updates, as asynchronous trainers have).
+    steps_in_flight: int = 1
 
 
 @dataclass
@@ -106,8 +110,18 @@ class Trainer:
         return self.summary()
 
     async def run_async(self) -> dict[str, Any]:
-        for unit in self.work():
-            await self.client.host.compute(unit)
+        units = self.work()
+
+        async def drain() -> None:
+            for unit in units:  # each task takes the next unit: the steps overlap, in order
+                await self.client.host.compute(unit)
+
+        if self.config.steps_in_flight <= 1:
+            await drain()
+        else:
+            async with trio.open_nursery() as nursery:
+                for _ in range(self.config.steps_in_flight):
+                    nursery.start_soon(drain)
         return self.summary()
 
     # ----- the loop -----------------------------------------------------------------------------
@@ -118,17 +132,19 @@ class Trainer:
         total = steps_per_epoch * config.epochs
         if config.max_steps is not None:
             total = min(total, config.max_steps)
+        issued = 0  # steps handed out: done, failed, or (with steps in flight) under way
         for epoch in range(1, config.epochs + 1):
             order = torch.randperm(len(data.train_y), generator=self._generator)
             for start in range(0, len(order), config.batch_size):
-                if self.state.steps + self.state.failed_steps >= total:
+                if issued >= total:
                     break
                 rows = order[start : start + config.batch_size]
+                issued += 1
                 yield lambda rows=rows: self._train_step(data.train_x[rows], data.train_y[rows])
                 done = self.state.steps + self.state.failed_steps
                 if config.log_every and done % config.log_every == 0:
                     self._progress(epoch, done, total)
-            finished = self.state.steps + self.state.failed_steps >= total or epoch == config.epochs
+            finished = issued >= total or epoch == config.epochs
             if finished and self.averager is not None and config.average_settle > 0:
                 yield lambda: self.averager.settle(config.average_settle)
             yield lambda epoch=epoch: self._evaluate_epoch(epoch, total)
@@ -143,14 +159,20 @@ class Trainer:
         if self.averager is not None:
             self.averager.apply_pending()  # between steps: never under the optimizer's feet
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
         try:
-            loss = nn.functional.cross_entropy(self.model(x), y)
-            loss.backward()
+            if self.config.steps_in_flight > 1:
+                loss, grads = self._gradients_on_a_copy(x, y)
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = nn.functional.cross_entropy(self.model(x), y)
+                loss.backward()
         except (MixtureError, ExpertError, SequenceError) as exc:
             self._step_failed(exc)
             return
         self.state.consecutive_failures = 0
+        if self.config.steps_in_flight > 1:
+            for parameter, grad in zip(self.model.parameters(), grads, strict=True):
+                parameter.grad = grad
         self.optimizer.step()
         self.state.steps += 1
         self.state.samples += len(y)
@@ -159,6 +181,23 @@ class Trainer:
         every = self.config.average_every
         if self.averager is not None and every and self.state.steps % every == 0:
             self.averager.request_round()
+
+    def _gradients_on_a_copy(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """The loss and the parameters' gradients, computed on a copy of the parameters: other
+        steps may update the model in place while this one waits for the network, which autograd
+        would refuse on tensors it saved."""
+        names = [name for name, _ in self.model.named_parameters()]
+        copies = {
+            name: p.detach().clone().requires_grad_(p.requires_grad)
+            for name, p in self.model.named_parameters()
+        }
+        logits = torch.func.functional_call(self.model, copies, (x,))
+        loss = nn.functional.cross_entropy(logits, y)
+        wanted = [copies[name] for name in names]
+        grads = torch.autograd.grad(loss, wanted, allow_unused=True)
+        return loss, list(grads)
 
     def _step_failed(self, error: Exception) -> None:
         state, config = self.state, self.config
