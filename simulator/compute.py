@@ -78,7 +78,10 @@ class SimBridge(Bridge):
             try:
                 answer = await outcome.acapture(async_fn, *call_args)
             finally:
-                await device.acquire()  # the worker computes again: the device is ours again
+                # The worker computes again (or the caller unwinds, releasing it): ours again, even
+                # when cancelled; whoever holds it now computes without waiting on us.
+                with trio.CancelScope(shield=True):
+                    await device.acquire()
             replies.put(answer)
 
 

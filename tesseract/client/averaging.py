@@ -29,8 +29,7 @@ import enum
 import hashlib
 import logging
 import math
-import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -124,8 +123,9 @@ class ParameterAverager:
         self.key = f"averaging:{config.name}:{shapes_digest(self.parameters)}"
         #: window -> the snapshot this trainer offers for it.
         self._offers: dict[int, torch.Tensor] = {}
-        self._pending: torch.Tensor | None = None
-        self._lock = threading.Lock()  # the loop writes ``_pending``, the training thread takes it
+        # Changes of finished rounds: the loop appends, the training thread pops (both atomic on a
+        # deque, so neither waits and none is lost).
+        self._pending: deque[torch.Tensor] = deque()
         self._running = False
         self._nursery: trio.Nursery | None = None
         #: rounds done, members averaged with, members left out (silent or sending garbage).
@@ -162,10 +162,11 @@ class ParameterAverager:
 
     def apply_pending(self) -> bool:
         """Add what finished rounds changed to the parameters; whether there was anything."""
-        with self._lock:
-            delta, self._pending = self._pending, None
-        if delta is None:
+        if not self._pending:
             return False
+        delta = self._pending.popleft()
+        while self._pending:
+            delta = delta + self._pending.popleft()
         with torch.no_grad():
             offset = 0
             for parameter in self.parameters:
@@ -258,9 +259,7 @@ class ParameterAverager:
         if not pulled:
             return
         mean = torch.stack([snapshot, *pulled]).mean(dim=0)
-        with self._lock:
-            delta = mean - snapshot
-            self._pending = delta if self._pending is None else self._pending + delta
+        self._pending.append(mean - snapshot)
 
     async def _pull(self, member: str, window: int) -> torch.Tensor | None:
         """A member's snapshot, or None if it has none that fits (counted by reason)."""
