@@ -87,7 +87,6 @@ class RemoteSequential(nn.Module):
         if self._checked is not None:
             return self._checked
         infos: list[Any] = [None] * len(self.uids)
-
         failures: list[SequenceError] = []
 
         async def describe(index: int, uid: str) -> None:
@@ -102,9 +101,8 @@ class RemoteSequential(nn.Module):
                 nursery.start_soon(describe, index, uid)
         if failures:
             raise min(failures, key=lambda error: self.uids.index(error.uid))  # the first in the chain
-        for (left, a), (right, b) in zip(
-            zip(self.uids, infos, strict=True), zip(self.uids[1:], infos[1:], strict=True), strict=False
-        ):
+        for index in range(len(self.uids) - 1):
+            (left, a), (right, b) = (self.uids[index], infos[index]), (self.uids[index + 1], infos[index + 1])
             if a.schema.outputs != b.schema.inputs:
                 raise ValueError(
                     f"blocks {left} and {right} do not fit: {left} outputs {_tensors(a.schema, 'outputs')}, "

@@ -94,6 +94,9 @@ def run(options: argparse.Namespace) -> int:
             say(f"trainer joined the DHT at {client.host.address}; {live} experts under {options.uid_prefix}")
             model = MixtureClassifier(data.features, data.classes, mixture)
             averager = None
+            settle = options.average_settle
+            if settle is None:
+                settle = 3 * options.average_window  # trainers that finish apart still meet
             if options.average_every > 0:
                 averager = ParameterAverager(
                     client,
@@ -113,13 +116,7 @@ def run(options: argparse.Namespace) -> int:
                 log_every=options.log_every,
                 max_steps=options.max_steps,
                 average_every=options.average_every,
-                average_settle=(
-                    options.average_settle
-                    if options.average_settle is not None
-                    else 3 * options.average_window
-                )
-                if averager is not None
-                else 0.0,
+                average_settle=settle if averager is not None else 0.0,
             )
             live = sys.stdout if sys.stdout.isatty() else None
             trainer = Trainer(model, data, client, config, report=say, live_progress=live, averager=averager)
