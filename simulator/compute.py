@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import outcome
 import trio
 
+from tesseract.concurrency import leave_signals_to_the_main_thread
 from tesseract.net.host import Bridge
 
 T = TypeVar("T")
@@ -104,6 +105,7 @@ class _WorkerPool:
         inbox.put(job)
 
     def _serve(self, inbox: queue.SimpleQueue[Callable[[], Callable[[], None]]]) -> None:
+        leave_signals_to_the_main_thread()  # the loop's thread waits on us, blocked: Ctrl+C must wake it
         while True:
             hand_over = inbox.get()()
             with self._lock:

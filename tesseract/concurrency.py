@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -38,3 +39,13 @@ def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
             yield from _leaves(item)
         else:
             yield item
+
+
+def leave_signals_to_the_main_thread() -> None:
+    """Call first thing in a helper thread: Ctrl+C and SIGTERM then always reach the main thread.
+
+    Linux hands a process's signal to any thread that does not block it. One taken by a helper
+    thread only sets a flag, and a main thread blocked in a system call (waiting for a child, for a
+    queue) does not wake to see it: the Ctrl+C is lost until something else wakes it.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

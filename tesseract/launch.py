@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from tesseract.concurrency import leave_signals_to_the_main_thread
 from tesseract.expert_uid import grid_uids
 
 _LISTENING = re.compile(r"listening on (\S+)")
@@ -103,6 +104,7 @@ class NodeProcess:
         threading.Thread(target=self._read, name=f"read-{self.name}", daemon=True).start()
 
     def _read(self) -> None:
+        leave_signals_to_the_main_thread()
         stdout = self.process.stdout
         assert stdout is not None
         with stdout:

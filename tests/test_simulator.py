@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import graphlib
 import os
@@ -199,6 +200,27 @@ def test_a_run_that_can_never_progress_is_reported() -> None:
     with pytest.raises(BaseExceptionGroup) as info:
         run_simulation(main)
     assert info.group_contains(SimulationDeadlock)
+
+
+def test_helper_threads_leave_ctrl_c_to_the_main_thread() -> None:
+    """A signal that a helper thread takes does not wake a main thread blocked on it (the loop waits
+    for a compute in a worker, a launcher for its child): the helpers block SIGINT and SIGTERM."""
+    import signal
+
+    from tesseract.net.real import BackgroundLoop
+
+    async def main(network: SimNetwork) -> set[signal.Signals]:
+        return await network.add_host().compute(signal.pthread_sigmask, signal.SIG_BLOCK, [])
+
+    assert {signal.SIGINT, signal.SIGTERM} <= run_simulation(main, SimNetwork(seed=1))
+
+    @contextlib.asynccontextmanager
+    async def the_loops_mask():
+        yield signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+    with BackgroundLoop(the_loops_mask, name="test-loop") as mask:
+        assert {signal.SIGINT, signal.SIGTERM} <= mask
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the caller's is untouched
 
 
 def test_compute_charges_virtual_time_and_can_call_the_network_from_sync_code() -> None:

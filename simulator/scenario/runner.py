@@ -641,7 +641,10 @@ class ScenarioRun:
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=round(duration), unit="s", desc="virtual time", leave=True, dynamic_ncols=True)
+            class Bar(tqdm):
+                monitor_interval = 0  # no monitor thread: a Ctrl+C it took would not reach the loop
+
+            bar = Bar(total=round(duration), unit="s", desc="virtual time", leave=True, dynamic_ncols=True)
         started = time.perf_counter()
         step = max(1.0, duration / 200)
         try:

@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
+from tesseract.concurrency import leave_signals_to_the_main_thread
 from tesseract.net.address import format_address, parse_address
 from tesseract.net.errors import FrameTooLarge, PeerUnavailable
 from tesseract.net.framing import BufferCount
@@ -383,7 +384,7 @@ class BackgroundLoop(Generic[T]):
         self._error: BaseException | None = None
 
     def __enter__(self) -> T:
-        self._thread = threading.Thread(target=trio.run, args=(self._serve,), name=self._name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
         self._ready.wait()
         if self._error is not None:
@@ -396,6 +397,10 @@ class BackgroundLoop(Generic[T]):
         with suppress(trio.RunFinishedError):
             trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
         self._thread.join()
+
+    def _run(self) -> None:
+        leave_signals_to_the_main_thread()
+        trio.run(self._serve)
 
     async def _serve(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
