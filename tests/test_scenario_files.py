@@ -294,3 +294,28 @@ def test_validate_accepts_the_good_file() -> None:
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert done.stdout.strip()  # a short summary
+
+
+@pytest.mark.parametrize(
+    ("options", "shares"),
+    [
+        ({}, [["ffn.0", "ffn.1", "ffn.2"], ["ffn.3", "ffn.4", "ffn.5"]]),
+        ({"interleave": True}, [["ffn.0", "ffn.2", "ffn.4"], ["ffn.1", "ffn.3", "ffn.5"]]),
+        ({"replicate": True}, [[f"ffn.{i}" for i in range(6)]] * 2),
+    ],
+)
+def test_a_server_group_splits_its_experts_in_slices_round_robin_or_not_at_all(
+    tmp_path: Path, options: dict, shares: list[list[str]]
+) -> None:
+    from simulator.scenario.members import Member
+    from simulator.scenario.roles import experts_of
+
+    file = tmp_path / "servers.yaml"
+    server = {"experts": "ffn.[0:6]", **options}
+    file.write_text(
+        f"duration: 60 s\ngroups:\n  - {{name: servers, role: server, count: 2, server: {server}}}\n"
+        "  - {name: trainers, role: trainer, trainer: {grid: [6]}}\n"
+    )
+    group = load_scenario(file).groups[0]
+    found = [experts_of(Member(group=group, index=i, host=None, region=None)) for i in range(2)]  # type: ignore[arg-type]
+    assert found == shares

@@ -15,6 +15,13 @@ from tesseract.expert_uid import parse_uid
 from tesseract.server.options import expand_experts
 
 
+def dataset_spec(dataset: str, base_dir: Path) -> str:
+    """A trainer's data set as ``load_dataset`` takes it: an MNIST directory relative to the file."""
+    if dataset.startswith("mnist:"):
+        return f"mnist:{base_dir / dataset.partition(':')[2]}"
+    return dataset
+
+
 def check_scenario(scenario: Scenario, file: str, *, base_dir: Path) -> None:
     def fail(path: str, reason: str) -> None:
         raise ScenarioError(file, path, reason)
@@ -83,6 +90,13 @@ def check_scenario(scenario: Scenario, file: str, *, base_dir: Path) -> None:
                 served.setdefault(parse_uid(uid)[0], []).append((uid, f"{path}.server.experts"))
         if group.trainer is not None:
             grids[group.trainer.uid_prefix] = group.trainer.grid
+            if group.trainer.dataset.startswith("mnist:"):
+                from tesseract.train.data import load_dataset  # torch: only for a data set on disk
+
+                try:
+                    load_dataset(dataset_spec(group.trainer.dataset, base_dir))
+                except (ValueError, OSError) as exc:
+                    fail(f"{path}.trainer.dataset", str(exc))
             if group.trainer.hidden_dim <= 0:
                 fail(f"{path}.trainer.hidden_dim", "must be positive")
     if not any(g.role in ("dht", "server") and g.inbound and g.count > 0 for g in scenario.groups):
@@ -92,7 +106,7 @@ def check_scenario(scenario: Scenario, file: str, *, base_dir: Path) -> None:
         )
     all_served = {uid for uids in served.values() for uid, _ in uids}
     for index, group in enumerate(scenario.groups):
-        if group.trainer is None:
+        if group.trainer is None or group.trainer.model == "dense":  # all of it local
             continue
         if group.trainer.model == "sequential":
             where = f"groups[{index}].trainer.blocks"

@@ -42,6 +42,8 @@ class RoleContext:
     """What a member's role needs of the run: seeds, where to keep checkpoints, where to record."""
 
     seed: int
+    #: The scenario file's directory: relative paths in it (a data set) start there.
+    base_dir: Path
     work_dir: Path
     recorder: Recorder
     families: frozenset[str]

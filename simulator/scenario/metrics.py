@@ -75,6 +75,8 @@ class _Metric:
     unit: str
     title: str
     kind: str
+    figure: str | None = None
+    against: str | None = None
     lines: dict[str, _Line] = field(default_factory=dict)
 
 
@@ -91,16 +93,35 @@ class Recorder:
         self.interval = float(interval)
         self._metrics: dict[str, _Metric] = {}
 
-    def declare(self, name: str, *, unit: str, title: str, kind: str = "gauge") -> None:
-        """Declare a metric; again with the same fields is a no-op, with other fields a ValueError."""
+    def declare(
+        self,
+        name: str,
+        *,
+        unit: str,
+        title: str,
+        kind: str = "gauge",
+        figure: str | None = None,
+        against: str | None = None,
+    ) -> None:
+        """Declare a metric; again with the same fields is a no-op, with other fields a ValueError.
+        ``figure``: the summary figure that stands for it in a sweep, when not its kind's usual one
+        (``last`` for an estimate that improves as the run goes on). ``against``: a gauge sampled at
+        the same times, to plot this one against as well as against time (accuracy against
+        updates)."""
         if not _NAME.match(name):
             raise ValueError(f"metric name {name!r}: use lowercase letters, digits and _, joined by dots")
         if kind not in KINDS:
             raise ValueError(f"metric {name!r}: kind must be one of {KINDS}, not {kind!r}")
         existing = self._metrics.get(name)
         if existing is None:
-            self._metrics[name] = _Metric(unit=unit, title=title, kind=kind)
-        elif (existing.unit, existing.title, existing.kind) != (unit, title, kind):
+            self._metrics[name] = _Metric(unit=unit, title=title, kind=kind, figure=figure, against=against)
+        elif (existing.unit, existing.title, existing.kind, existing.figure, existing.against) != (
+            unit,
+            title,
+            kind,
+            figure,
+            against,
+        ):
             raise ValueError(
                 f"metric {name!r} already declared as kind={existing.kind!r} unit={existing.unit!r} "
                 f"title={existing.title!r}; now kind={kind!r} unit={unit!r} title={title!r}"
@@ -128,6 +149,10 @@ class Recorder:
         """``(unit, title, kind)`` of a declared metric."""
         metric = self._get(name)
         return metric.unit, metric.title, metric.kind
+
+    def against(self, name: str) -> str | None:
+        """The gauge a metric is also plotted against, if any."""
+        return self._get(name).against
 
     def labels(self, name: str) -> list[str]:
         """The labels of a metric that has points, in natural order (``g2`` before ``g10``)."""
@@ -218,7 +243,8 @@ class Recorder:
         return result
 
     def to_json(self) -> dict:
-        """Everything, JSON-serializable: ``{name: {unit, title, kind, series: {label: [[t, v], ...]}}}``."""
+        """Everything, JSON-serializable: ``{name: {unit, title, kind, [figure], series: {label: [[t, v],
+        ...]}}}``."""
         result = {}
         for name, metric in self._metrics.items():
             series = {}
@@ -226,6 +252,8 @@ class Recorder:
                 times, values = self.arrays(name, label)
                 series[label] = [[t, v] for t, v in zip(times, values, strict=True)]
             result[name] = {"unit": metric.unit, "title": metric.title, "kind": metric.kind, "series": series}
+            if metric.figure is not None:
+                result[name]["figure"] = metric.figure
         return result
 
     def _get(self, name: str) -> _Metric:

@@ -80,6 +80,11 @@ def write_report(
         path = out_dir / plot_file_name(name)
         _plot(recorder, name, virtual_seconds).savefig(path, dpi=_DPI)
         plots.append(path)
+        other = recorder.against(name)
+        if other is not None and recorder.labels(name):
+            path = out_dir / plot_file_name(f"{name}.against.{other}")
+            _plot_against(recorder, name, other).savefig(path, dpi=_DPI)
+            plots.append(path)
 
     markdown_path = out_dir / "report.md"
     markdown_path.write_text(
@@ -188,8 +193,14 @@ def _markdown(
 
     if plots:
         out += ["## Plots", ""]
-        for name, path in zip(recorder.names(), plots, strict=True):
-            title = recorder.info(name)[1].replace("[", "(").replace("]", ")")
+        titles = {plot_file_name(name): recorder.info(name)[1] for name in recorder.names()}
+        for name in recorder.names():
+            if (other := recorder.against(name)) is not None:
+                titles[plot_file_name(f"{name}.against.{other}")] = (
+                    f"{recorder.info(name)[1]} against {recorder.info(other)[1]}"
+                )
+        for path in plots:
+            title = titles.get(path.name, path.stem).replace("[", "(").replace("]", ")")
             out += [f"![{title}]({path.name})", ""]
 
     if notes:
@@ -304,6 +315,31 @@ def _plot(recorder: Recorder, name: str, virtual_seconds: float) -> Figure:
         )
     if len(labels) > 1 or (kind == "events" and unit != "share" and legend_entries):
         axes.legend(fontsize="small", ncols=max(1, math.ceil(legend_entries / 12)))
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def _plot_against(recorder: Recorder, name: str, other: str) -> Figure:
+    """Gauge ``name`` against gauge ``other``, each line's points paired by their sample times."""
+    unit, title, _ = recorder.info(name)
+    other_unit, other_title, _ = recorder.info(other)
+    figure = Figure(figsize=_SIZE, dpi=_DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.set_title(f"{title} against {other_title[:1].lower()}{other_title[1:]}")
+    axes.set_xlabel(other_unit)
+    axes.set_ylabel(unit)
+    labels = recorder.labels(name)
+    for label in labels:
+        xs_at = (
+            dict(zip(*recorder.arrays(other, label), strict=True)) if label in recorder.labels(other) else {}
+        )
+        pairs = [(xs_at[t], v) for t, v in zip(*recorder.arrays(name, label), strict=True) if t in xs_at]
+        if pairs:
+            axes.plot([x for x, _ in pairs], [y for _, y in pairs], marker=".", label=label or title)
+    if len(labels) > 1:
+        axes.legend(fontsize="small")
     axes.grid(True, alpha=0.3)
     figure.tight_layout()
     return figure

@@ -3,12 +3,14 @@ trainer. Tesseract's own classes, started as its commands start them; this modul
 
 from __future__ import annotations
 
+import math
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 import torch
 import trio
 
+from simulator.scenario.checks import dataset_spec
 from tesseract.client import Client
 from tesseract.client.averaging import AveragingConfig, ParameterAverager
 from tesseract.client.discovery import get_active_successors
@@ -17,10 +19,10 @@ from tesseract.client.sequential import RemoteSequential
 from tesseract.dht import DHTConfig, DHTNode
 from tesseract.expert_uid import parse_uid
 from tesseract.runtime.backend import ExpertBackend, adam
-from tesseract.runtime.zoo import make_expert, make_modelled_expert
+from tesseract.runtime.zoo import FeedForward, make_expert, make_modelled_expert
 from tesseract.server import ExpertServer
 from tesseract.server.options import expand_experts
-from tesseract.train.data import load_digits
+from tesseract.train.data import Dataset, load_dataset
 from tesseract.train.model import MixtureClassifier, RemoteClassifier
 from tesseract.train.trainer import TrainConfig, Trainer
 
@@ -28,24 +30,28 @@ if TYPE_CHECKING:
     from simulator.scenario.members import Member, RoleContext
     from simulator.scenario.schema import Group
 
-_DIGITS = None
+_DATASETS: dict[str, Dataset] = {}
 
 
-def _digits():
-    global _DIGITS
-    if _DIGITS is None:
-        _DIGITS = load_digits()
-    return _DIGITS
+def _dataset(run: RoleContext, name: str) -> Dataset:
+    """A trainer group's data set, loaded once per run's process (every trainer shares it)."""
+    spec = dataset_spec(name, run.base_dir)
+    if spec not in _DATASETS:
+        _DATASETS[spec] = load_dataset(spec)
+    return _DATASETS[spec]
 
 
 def experts_of(member: Member) -> list[str]:
-    """The member's share of its group's experts: contiguous slices, or all of them (replicas)."""
+    """The member's share of its group's experts: a contiguous slice, every count-th one
+    (interleaved), or all of them (replicas)."""
     settings = member.group.server
     assert settings is not None
     uids = expand_experts(settings.experts)
     if settings.replicate:
         return uids
     count = member.group.count
+    if settings.interleave:
+        return uids[member.index :: count]
     start = len(uids) * member.index // count
     end = len(uids) * (member.index + 1) // count
     return uids[start:end]
@@ -143,7 +149,7 @@ async def _train(run: RoleContext, member: Member, peers: list[str], stack: Asyn
     _observe_calls(run, client.rpc)
     _observe_calls(run, client.require_dht().rpc)
     torch.manual_seed(run.seed * 1_000_003 + member.host.index)
-    data = _digits()
+    data = _dataset(run, settings.dataset)
     if settings.model == "sequential":
         chain = RemoteSequential(
             expand_experts(settings.blocks or ""),
@@ -152,6 +158,11 @@ async def _train(run: RoleContext, member: Member, peers: list[str], stack: Asyn
             backward_timeout=settings.backward_timeout,
         )
         model: torch.nn.Module = RemoteClassifier(data.features, data.classes, settings.hidden_dim, chain)
+    elif settings.model == "dense":
+        # As many parameters as the grid's experts together: their up and down layers side by side.
+        width = 4 * settings.hidden_dim * math.prod(settings.grid)
+        block = FeedForward(settings.hidden_dim, width=width)
+        model = RemoteClassifier(data.features, data.classes, settings.hidden_dim, block)
     else:
         mixture = RemoteMixtureOfExperts(
             in_features=settings.hidden_dim,

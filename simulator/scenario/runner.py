@@ -68,7 +68,7 @@ class ScenarioRun:
         self.members: list[Member] = []
         self.by_group: dict[str, list[Member]] = {}
         self.now = 0.0
-        self._throughput_from: dict[str, tuple[float, float] | None] = {}
+        self._was_training: dict[str, bool] = {}
         self.notes: list[str] = [
             f"group {group.name}: compute modelled, not run: each {group.server.expert_cls} call is "
             "charged its flops on the group's device as virtual time; tensors keep their real sizes"
@@ -78,6 +78,7 @@ class ScenarioRun:
         self._zones: dict[str, int] = {}
         self.context = RoleContext(
             seed=scenario.seed,
+            base_dir=base_dir,
             work_dir=work_dir,
             recorder=self.recorder,
             families=frozenset(scenario.metrics.record),
@@ -200,10 +201,21 @@ class ScenarioRun:
             r.declare(
                 "train.throughput",
                 unit="samples/s",
-                title="Samples trained per second, while the group trains",
+                title="Samples trained per second in the steady state (so far)",
+                figure="last",
             )
             r.declare("train.loss", unit="loss", title="Training loss (mean over the interval)")
-            r.declare("train.accuracy", unit="share", title="Test accuracy (latest epoch)")
+            r.declare(
+                "train.updates",
+                unit="steps",
+                title="Steps each trainer had taken at its latest test (mean)",
+            )
+            r.declare(
+                "train.accuracy",
+                unit="share",
+                title="Test accuracy (latest epoch, mean over trainers)",
+                against="train.updates",
+            )
         if "failures" in families:
             r.declare("train.failed_calls", unit="calls", title="Failed expert calls by kind", kind="counter")
         if "servers" in families:
@@ -229,16 +241,23 @@ class ScenarioRun:
             if trainers and "training" in families:
                 samples = sum(self._trainer_total(m, "samples") for m in trainers)
                 r.sample("train.samples", t, samples, label=group)
-                # Over intervals the group trained throughout, from its first finished step on (the
-                # first steps wait for lookups and schemas): a group that trains for part of the
-                # run is measured in its steady state over that part alone.
-                training = any(self._training(m) for m in trainers) and samples > 0
-                before = self._throughput_from.get(group)
-                if training and before is not None and t > before[0]:
-                    r.sample("train.throughput", t, (samples - before[1]) / (t - before[0]), label=group)
-                self._throughput_from[group] = (t, samples) if training else None
+                # The steady state: each trainer from its first finished step to its latest (the
+                # first waits for lookups, and until it ends nothing can), summed. A trainer that
+                # runs a few long steps one after another is measured as well as one with many.
+                # One more sample when the group stops, so its last finishes count.
+                training = any(self._training(m) for m in trainers)
+                rates = [
+                    rate
+                    for m in trainers
+                    if (trainer := m.services.get("trainer")) is not None
+                    and (rate := trainer.steady_samples_per_s()) is not None
+                ]
+                if rates and (training or self._was_training.get(group, False)):
+                    r.sample("train.throughput", t, math.fsum(rates), label=group)
+                self._was_training[group] = training
                 losses: list[float] = []
                 accuracy: list[float] = []
+                updates: list[int] = []
                 for m in trainers:
                     trainer = m.services.get("trainer")
                     if trainer is None:
@@ -248,6 +267,7 @@ class ScenarioRun:
                     m.services["losses_seen"] = len(trainer.state.losses)
                     if trainer.state.test_accuracy:
                         accuracy.append(trainer.state.test_accuracy[-1])
+                        updates.append(trainer.state.test_steps[-1])
                 from simulator.scenario.roles import disagreement  # torch: only with trainers
 
                 apart = disagreement(trainers)
@@ -256,6 +276,7 @@ class ScenarioRun:
                 if losses:
                     r.sample("train.loss", t, sum(losses) / len(losses), label=group)
                 if accuracy:
+                    r.sample("train.updates", t, sum(updates) / len(updates), label=group)
                     r.sample("train.accuracy", t, sum(accuracy) / len(accuracy), label=group)
             if trainers and "failures" in families:
                 kinds: dict[str, float] = {}

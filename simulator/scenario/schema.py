@@ -262,8 +262,14 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     fault_rate: float = 0.0
     #: The same experts on every member (replicas) rather than split among them.
     replicate: bool = False
+    #: Split round-robin (member i of n takes experts i, i+n, i+2n, ...) rather than in contiguous
+    #: slices: the consecutive blocks of a chain then live on different servers, each hop a network
+    #: hop, as in the paper's model-parallel baseline.
+    interleave: bool = False
 
     def __post_init__(self) -> None:
+        if self.replicate and self.interleave:
+            raise _field("interleave", "replicas are not split: give replicate or interleave, not both")
         _positive("hidden_dim", self.hidden_dim)
         _positive("max_batch_size", self.max_batch_size)
         _positive("announce_period", self.announce_period)
@@ -298,11 +304,13 @@ class AveragingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
 
 class TrainerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A trainer's model: a digits classifier whose middle is a remote mixture of experts over
-    ``grid`` (``model: mixture``) or a chain of remote blocks, one after another (``model:
-    sequential``, the ``blocks`` uids in order: the paper's model-parallel baseline)."""
+    ``grid`` (``model: mixture``), a chain of remote blocks, one after another (``model:
+    sequential``, the ``blocks`` uids in order: the paper's model-parallel baseline), or one local
+    feed-forward block as wide as a ``grid`` of experts side by side (``model: dense``: as many
+    parameters as that mixture's experts, all of them computed for every sample)."""
 
     grid: list[int] = msgspec.field(default_factory=list)
-    model: Literal["mixture", "sequential"] = "mixture"
+    model: Literal["mixture", "sequential", "dense"] = "mixture"
     #: The chain of a sequential model, as uids and patterns (``ffn.[0:224]``).
     blocks: str | None = None
     average: AveragingSettings | None = None
@@ -313,7 +321,9 @@ class TrainerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     forward_timeout: Duration = Duration(2.0)
     backward_timeout: Duration = Duration(2.0)
     timeout_after_k_min: Duration = Duration(0.2)
-    dataset: Literal["digits"] = "digits"
+    #: ``digits`` (bundled), ``synthetic`` (random: nothing to learn, for throughput) or
+    #: ``mnist:DIRECTORY`` (its four IDX files; relative to the scenario).
+    dataset: str = "digits"
     batch_size: int = 64
     learning_rate: float = 3e-3
     #: Optimizer steps each trainer takes (failed steps count); none: until the run ends.
@@ -323,12 +333,14 @@ class TrainerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     steps_in_flight: int = 1
 
     def __post_init__(self) -> None:
-        if self.model == "mixture" and (not self.grid or any(size < 1 for size in self.grid)):
+        if self.model in ("mixture", "dense") and (not self.grid or any(size < 1 for size in self.grid)):
             raise _field("grid", f"needs one or more positive sizes, got {self.grid}")
         if self.model == "sequential" and not self.blocks:
             raise _field("blocks", "a sequential model needs its blocks (uids or patterns, in order)")
-        if self.model == "mixture" and self.blocks is not None:
-            raise _field("blocks", "only a sequential model takes blocks (a mixture takes a grid)")
+        if self.model != "sequential" and self.blocks is not None:
+            raise _field("blocks", f"only a sequential model takes blocks (a {self.model} one takes a grid)")
+        if self.dataset not in ("digits", "synthetic") and not self.dataset.startswith("mnist:"):
+            raise _field("dataset", f"use digits, synthetic or mnist:DIRECTORY, not {self.dataset!r}")
         for name in ("hidden_dim", "k_best", "k_min", "batch_size", "steps_in_flight"):
             _positive(name, getattr(self, name))
         _positive("learning_rate", self.learning_rate)

@@ -27,7 +27,7 @@ def plot_sweep(out: Path, parameter: str, points: list[tuple[str, dict[str, Any]
     units: dict[str, tuple[str, str, str]] = {}
     for value, report in points:
         for name, metric in report.get("metrics", {}).items():
-            figure = FIGURE_OF_KIND.get(metric.get("kind", "gauge"), "mean")
+            figure = metric.get("figure") or FIGURE_OF_KIND.get(metric.get("kind", "gauge"), "mean")
             units[name] = (metric.get("unit", ""), metric.get("title", name), figure)
             for label, figures in report.get("summary", {}).get(name, {}).items():
                 if figure in figures:

@@ -24,12 +24,13 @@ from tesseract.runtime.schema import ExpertSchema, TensorSchema
 
 
 class FeedForward(nn.Module):
-    """hidden -> 4*hidden -> hidden with GELU, then residual and LayerNorm."""
+    """hidden -> width (4*hidden unless given) -> hidden with GELU, then residual and LayerNorm."""
 
-    def __init__(self, hidden_dim: int) -> None:
+    def __init__(self, hidden_dim: int, width: int | None = None) -> None:
         super().__init__()
-        self.up = nn.Linear(hidden_dim, 4 * hidden_dim)
-        self.down = nn.Linear(4 * hidden_dim, hidden_dim)
+        width = 4 * hidden_dim if width is None else width
+        self.up = nn.Linear(hidden_dim, width)
+        self.down = nn.Linear(width, hidden_dim)
         self.norm = nn.LayerNorm(hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Data sets for the trainer: the bundled digits, and MNIST from IDX files a user already has.
+"""Data sets for the trainer: the bundled digits, MNIST from IDX files a user already has, and
+random samples for measuring throughput.
 
 Every loader returns float32 features scaled to [0, 1] (one row per sample) and int64 labels. IDX
 files are parsed by hand, with every header field checked: they may come from anywhere.
@@ -48,6 +49,16 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     test_count = round(len(labels) * test_fraction)
     test, train = order[:test_count], order[test_count:]
     return Dataset(features[train], labels[train], features[test], labels[test], 10)
+
+
+def load_synthetic(samples: int = 1 << 16, features: int = 64, classes: int = 10, seed: int = 0) -> Dataset:
+    """Random features and labels: nothing to learn, but epochs long enough that a throughput
+    measurement is not interrupted by the test pass that ends each one (the paper's throughput
+    benchmark feeds random inputs too)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(samples + samples // 64, features, generator=generator)
+    y = torch.randint(0, classes, (len(x),), generator=generator)
+    return Dataset(x[:samples], y[:samples], x[samples:], y[samples:], classes)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -100,9 +111,11 @@ def load_mnist(directory: str | Path) -> Dataset:
 
 
 def load_dataset(name: str, seed: int = 0) -> Dataset:
-    """``digits`` (bundled) or ``mnist:DIRECTORY``."""
+    """``digits`` (bundled), ``synthetic`` (random, for throughput) or ``mnist:DIRECTORY``."""
     if name == "digits":
         return load_digits(seed=seed)
+    if name == "synthetic":
+        return load_synthetic(seed=seed)
     if name.startswith("mnist:"):
         return load_mnist(name.partition(":")[2])
-    raise ValueError(f"unknown data set {name!r}: use 'digits' or 'mnist:DIRECTORY'")
+    raise ValueError(f"unknown data set {name!r}: use 'digits', 'synthetic' or 'mnist:DIRECTORY'")

@@ -59,7 +59,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> list[argparse.Act
     training = parser.add_argument_group("training")
     return [
         training.add_argument(
-            "--dataset", default="digits", help="digits (bundled) or mnist:DIRECTORY of IDX files"
+            "--dataset",
+            default="digits",
+            help="digits (bundled), synthetic (random: for throughput) or mnist:DIRECTORY of IDX files",
         ),
         training.add_argument("--epochs", type=int, default=10),
         training.add_argument("--max-steps", type=int, default=None),

@@ -66,8 +66,17 @@ class TrainState:
     train_time: float = 0.0
     losses: list[float] = field(default_factory=list)  # one per completed step
     test_accuracy: list[float] = field(default_factory=list)  # one per epoch
+    test_steps: list[int] = field(default_factory=list)  # the steps taken when each was measured
     last_error: str = ""
     consecutive_failures: int = 0
+    #: (time, samples) when the first and the latest successful step ended, by the client's clock.
+    first_finished: tuple[float, int] | None = None
+    last_finished: tuple[float, int] | None = None
+    steps_at_first: int = 0
+
+
+def _done() -> None:
+    """A unit whose work is done: ``host.compute(_done, flops=...)`` only charges its cost."""
 
 
 class TrainingStalled(RuntimeError):
@@ -105,16 +114,21 @@ class Trainer:
     # ----- drivers ------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        for unit in self.work():
+        for unit, _ in self.work():
             unit()
         return self.summary()
 
     async def run_async(self) -> dict[str, Any]:
         units = self.work()
+        host = self.client.host
 
         async def drain() -> None:
-            for unit in units:  # each task takes the next unit: the steps overlap, in order
-                await self.client.host.compute(unit)
+            for unit, flops in units:  # each task takes the next unit: the steps overlap, in order
+                await host.compute(unit)
+                # The unit's local arithmetic, charged apart: a unit that waits on the network (through
+                # the bridge) must run with no flops given (see ``Host.compute``).
+                if flops:
+                    await host.compute(_done, flops=flops)
 
         if self.config.steps_in_flight <= 1:
             await drain()
@@ -126,8 +140,12 @@ class Trainer:
 
     # ----- the loop -----------------------------------------------------------------------------
 
-    def work(self) -> Iterator[Callable[[], None]]:
+    def work(self) -> Iterator[tuple[Callable[[], None], float]]:
+        """The loop as units: (run it, the flops of its local arithmetic)."""
         config, data = self.config, self.data
+        # Forward flops per sample of the local layers (two per weight); a step is about three times
+        # a forward (forward, and backward to inputs and weights).
+        per_sample = 2.0 * sum(p.numel() for p in self.model.parameters())
         steps_per_epoch = -(-len(data.train_y) // config.batch_size)
         total = steps_per_epoch * config.epochs
         if config.max_steps is not None:
@@ -140,14 +158,17 @@ class Trainer:
                     break
                 rows = order[start : start + config.batch_size]
                 issued += 1
-                yield lambda rows=rows: self._train_step(data.train_x[rows], data.train_y[rows])
+                yield (
+                    lambda rows=rows: self._train_step(data.train_x[rows], data.train_y[rows]),
+                    3 * per_sample * len(rows),
+                )
                 done = self.state.steps + self.state.failed_steps
                 if config.log_every and done % config.log_every == 0:
                     self._progress(epoch, done, total)
             finished = issued >= total or epoch == config.epochs
             if finished and self.averager is not None and config.average_settle > 0:
-                yield lambda: self.averager.settle(config.average_settle)
-            yield lambda epoch=epoch: self._evaluate_epoch(epoch, total)
+                yield (lambda: self.averager.settle(config.average_settle)), 0.0
+            yield (lambda epoch=epoch: self._evaluate_epoch(epoch, total)), per_sample * len(data.test_y)
             if finished:
                 break
         if self._bar is not None:
@@ -177,7 +198,12 @@ class Trainer:
         self.state.steps += 1
         self.state.samples += len(y)
         self.state.losses.append(float(loss.detach()))
-        self.state.train_time += self.client.now() - started
+        now = self.client.now()
+        self.state.train_time += now - started
+        if self.state.first_finished is None:
+            self.state.first_finished = (now, self.state.samples)
+            self.state.steps_at_first = self.state.steps
+        self.state.last_finished = (now, self.state.samples)
         every = self.config.average_every
         if self.averager is not None and every and self.state.steps % every == 0:
             self.averager.request_round()
@@ -229,6 +255,7 @@ class Trainer:
             self.averager.apply_pending()
         accuracy = self.evaluate(self.data.test_x, self.data.test_y)
         self.state.test_accuracy.append(accuracy)
+        self.state.test_steps.append(self.state.steps)
         recent = self.state.losses[-20:]
         loss = sum(recent) / len(recent) if recent else float("nan")
         line = (
@@ -269,6 +296,18 @@ class Trainer:
 
     def samples_per_s(self) -> float:
         return self.state.samples / self.state.train_time if self.state.train_time > 0 else 0.0
+
+    def steady_samples_per_s(self) -> float | None:
+        """Samples per second from the first finished step to the latest: the steady state, with
+        the pipeline's filling left out (until the first step ends, nothing can). None before two
+        steps have ended."""
+        first, last = self.state.first_finished, self.state.last_finished
+        if first is None or last is None or last[0] <= first[0]:
+            return None
+        # Steps under way at once end close together: a rate over fewer ends than that is noise.
+        if self.state.steps - self.state.steps_at_first < self.config.steps_in_flight:
+            return None
+        return (last[1] - first[1]) / (last[0] - first[0])
 
     def summary(self) -> dict[str, Any]:
         calls = sum(m.stats["forward_calls"] + m.stats["backward_calls"] for m in self.mixtures)
