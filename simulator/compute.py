@@ -111,6 +111,9 @@ class _WorkerPool:
             with self._lock:
                 self._idle.append(inbox)
             hand_over()
+            # It holds the job's result: tensors, or an error whose traceback holds a step's frames
+            # (a crashed trainer's whole batch). Kept until the next job, idle threads kept gigabytes.
+            del hand_over
 
 
 _WORKERS = _WorkerPool()

@@ -223,6 +223,35 @@ def test_helper_threads_leave_ctrl_c_to_the_main_thread() -> None:
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the caller's is untouched
 
 
+def test_a_compute_worker_keeps_nothing_of_a_finished_job() -> None:
+    """Idle worker threads once held their last job's result until their next job: a crashed
+    trainer's error, whose traceback held its whole batch, stayed alive in each of them."""
+    import gc
+    import time
+    import weakref
+
+    class Batch:
+        pass
+
+    held: list[weakref.ref] = []
+
+    def step() -> None:
+        batch = Batch()  # a local: the traceback keeps it
+        held.append(weakref.ref(batch))
+        raise ValueError("the step failed")
+
+    async def main(network: SimNetwork) -> None:
+        with pytest.raises(ValueError):
+            await network.add_host().compute(step)
+
+    run_simulation(main, SimNetwork(seed=1))
+    deadline = time.monotonic() + 5
+    while held[0]() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+    assert held[0]() is None
+
+
 def test_compute_charges_virtual_time_and_can_call_the_network_from_sync_code() -> None:
     async def main(network: SimNetwork) -> tuple[float, float, int]:
         trainer, server = (

@@ -33,8 +33,10 @@ from tesseract.runtime.errors import InvalidBatch
 from tesseract.runtime.schema import ExpertSchema, check_batch
 from tesseract.server import protocol as wire
 
-#: Replicas read from the DHT are used this long before they are read again.
-REPLICAS_TTL = 30.0
+#: Replicas read from the DHT are used this long before they are read again; a failed call reads them
+#: again at once. Each read looks up every block of the chain: at 30 s, a slow chain (a step of minutes
+#: over 200 ms links) re-read its 224 blocks several times a step.
+REPLICAS_TTL = 300.0
 
 
 class RemoteSequential(nn.Module):
