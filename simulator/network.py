@@ -393,9 +393,9 @@ def run_simulation(
         return result
 
     with deterministic_scheduling(network.seed), _fewer_gc_passes():
-        # Ctrl+C reaches ``main`` at its next checkpoint, never in whatever code happens to run: raised
-        # there, it could land in a finalizer run by the garbage collector, which swallows it, and a
-        # run of hours would go on to its end (seen: 1 Ctrl+C in 28 lost).
+        # Ctrl+C reaches ``main`` at its next checkpoint, never in whatever code happens to run:
+        # raised there, it was now and then swallowed on the way (1 Ctrl+C in 28, where exactly was
+        # not found), and a run of hours went on to its end.
         return trio.run(root, clock=clock, restrict_keyboard_interrupt_to_checkpoints=True)
 
 

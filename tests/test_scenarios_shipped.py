@@ -12,7 +12,7 @@ import pytest
 
 from simulator.command import run_and_report
 from simulator.scenario.load import load_scenario
-from simulator.scenario.report import plot_file_name
+from simulator.scenario.report import against_file_name, plot_file_name
 
 SCENARIOS = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.yaml"))
 SHIPPED = {"quickstart", "volunteers", "dht-churn-10k", "partition-heal", "server-crash"}
@@ -68,6 +68,9 @@ def test_a_shipped_scenario_runs_into_a_report_and_its_seed_fixes_its_trace(
     assert first in markdown and "![" in markdown
     if any(group["role"] == "trainer" for group in report["scenario_resolved"]["groups"]):
         assert any(metrics["train.loss"]["series"].values()), "trainers trained"
+        if any(metrics["train.accuracy"]["series"].values()):  # and one plot against their steps
+            plot = tmp_path / "a" / against_file_name("train.accuracy", "train.updates")
+            assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     again, _ = _run(path, tmp_path / "b", capsys)
     assert again == first, "one scenario and seed, one trace"

@@ -82,7 +82,7 @@ def write_report(
         plots.append(path)
         other = recorder.against(name)
         if other is not None and recorder.labels(name):
-            path = out_dir / plot_file_name(f"{name}.against.{other}")
+            path = out_dir / against_file_name(name, other)
             _plot_against(recorder, name, other).savefig(path, dpi=_DPI)
             plots.append(path)
 
@@ -108,6 +108,11 @@ def write_report(
 def plot_file_name(name: str) -> str:
     """``dht.get_latency`` -> ``dht-get_latency.png``."""
     return name.replace(".", "-") + ".png"
+
+
+def against_file_name(name: str, other: str) -> str:
+    """``train.accuracy`` against ``train.updates`` -> ``train-accuracy-against-train-updates.png``."""
+    return plot_file_name(f"{name}.against.{other}")
 
 
 def summary_table(recorder: Recorder) -> str:
@@ -196,7 +201,7 @@ def _markdown(
         titles = {plot_file_name(name): recorder.info(name)[1] for name in recorder.names()}
         for name in recorder.names():
             if (other := recorder.against(name)) is not None:
-                titles[plot_file_name(f"{name}.against.{other}")] = (
+                titles[against_file_name(name, other)] = (
                     f"{recorder.info(name)[1]} against {recorder.info(other)[1]}"
                 )
         for path in plots:
@@ -330,11 +335,9 @@ def _plot_against(recorder: Recorder, name: str, other: str) -> Figure:
     axes.set_title(f"{title} against {other_title[:1].lower()}{other_title[1:]}")
     axes.set_xlabel(other_unit)
     axes.set_ylabel(unit)
-    labels = recorder.labels(name)
+    labels, others = recorder.labels(name), set(recorder.labels(other))
     for label in labels:
-        xs_at = (
-            dict(zip(*recorder.arrays(other, label), strict=True)) if label in recorder.labels(other) else {}
-        )
+        xs_at = dict(zip(*recorder.arrays(other, label), strict=True)) if label in others else {}
         pairs = [(xs_at[t], v) for t, v in zip(*recorder.arrays(name, label), strict=True) if t in xs_at]
         if pairs:
             axes.plot([x for x, _ in pairs], [y for _, y in pairs], marker=".", label=label or title)
