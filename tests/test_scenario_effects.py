@@ -708,13 +708,10 @@ def test_throughput_of_trainers_running_a_few_long_steps_is_their_count_times_ba
             trainer: {grid: [4], hidden_dim: 16, steps: 3, batch_size: 32}
         metrics: {interval: 1 s, record: [live, training]}
     """
-    path = tmp_path / "scenario.yaml"
-    path.write_text(textwrap.dedent(text))
-    run = ScenarioRun(load_scenario(path), base_dir=tmp_path, work_dir=tmp_path / "work", progress=False)
-    assert run.run().complete
+    recorder, _ = run_scenario(tmp_path, text)
     # After the first (lookups), a step is a forward and a backward round trip: four 150 ms hops.
     expected = 8 * 32 / (4 * 0.150)
-    measured = points(run.recorder, "train.throughput", "trainers", 0, 30)
+    measured = points(recorder, "train.throughput", "trainers", 0, 30)
     assert measured[-1] == pytest.approx(expected, rel=0.15), (measured, expected)
-    samples = points(run.recorder, "train.samples", "trainers", 0, 30)
+    samples = points(recorder, "train.samples", "trainers", 0, 30)
     assert samples[-1] == 8 * 3 * 32  # each ran its 3 steps
