@@ -299,8 +299,8 @@ class Trainer:
 
     def steady_samples_per_s(self) -> float | None:
         """Samples per second from the first finished step to the latest: the steady state, with
-        the pipeline's filling left out (until the first step ends, nothing can). None before two
-        steps have ended."""
+        the pipeline's filling left out (until the first step ends, nothing can). None until as
+        many steps as run at once have ended after the first."""
         first, last = self.state.first_finished, self.state.last_finished
         if first is None or last is None or last[0] <= first[0]:
             return None
