@@ -43,7 +43,10 @@ class SimBridge(Bridge):
     def run(self, async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         channel = getattr(self._local, "channel", None)
         if channel is None:
-            raise RuntimeError("bridge.run is only available inside host.compute in the simulator")
+            raise RuntimeError(
+                "bridge.run is only available inside host.compute(fn) in the simulator, and not in work "
+                "announced with flops (that runs on the loop's thread)"
+            )
         requests, replies = channel
         requests.put(("call", (async_fn, args)))
         return replies.get().unwrap()

@@ -715,3 +715,38 @@ def test_throughput_of_trainers_running_a_few_long_steps_is_their_count_times_ba
     assert measured[-1] == pytest.approx(expected, rel=0.15), (measured, expected)
     samples = points(recorder, "train.samples", "trainers", 0, 30)
     assert samples[-1] == 8 * 3 * 32  # each ran its 3 steps
+
+
+def test_a_phase_starts_when_the_group_before_it_is_done_and_the_run_ends_when_all_are(
+    tmp_path: Path,
+) -> None:
+    """``start.after``: the second trainers wait for the first to take their steps (however long
+    that takes); ``end_when_trained``: the run stops once the second are done, not at ``duration``."""
+    text = """
+        seed: 5
+        duration: 300 s
+        end_when_trained: true
+        network: {latency: 50 ms}
+        groups:
+          - {name: boot, role: dht}
+          - {name: servers, role: server, count: 2, server: {experts: "ffn.[0:4]", hidden_dim: 16}}
+          - name: first
+            role: trainer
+            count: 2
+            start: {at: 2 s}
+            trainer: {grid: [4], hidden_dim: 16, steps: 40, batch_size: 16}
+          - name: then
+            role: trainer
+            count: 2
+            start: {after: first, at: 1 s}
+            trainer: {grid: [4], hidden_dim: 16, steps: 10, batch_size: 16}
+        metrics: {interval: 1 s, record: [live, training]}
+    """
+    recorder, result = run_scenario(tmp_path, text)
+    first, then = gauge(recorder, "train.samples", "first"), gauge(recorder, "train.samples", "then")
+    first_done = min(t for t, value in first if value == 2 * 40 * 16)
+    assert all(value == 0 for t, value in then if t <= first_done), (first, then)
+    assert then[-1][1] == 2 * 10 * 16
+    # Ten steps of four 50 ms hops after a 1 s pause: seconds, not the 300 s limit.
+    assert first_done + 1 < result.virtual_seconds < first_done + 15, (first_done, result.virtual_seconds)
+    assert any("every trainer has taken its steps" in note for note in result.notes), result.notes

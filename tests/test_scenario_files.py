@@ -89,8 +89,8 @@ def test_the_minimal_scenario_loads_with_its_defaults_and_units() -> None:
     assert [g["role"] for g in data["groups"]] == ["dht", "server", "trainer"]
     # Defaults the file leaves out are filled in.
     assert (dht["count"], dht["device"], dht["inbound"], dht["churn"]) == (1, "cpu", True, None)
-    assert dht["start"] == {"at": 0.0, "ramp": 0.0}
-    assert servers["start"] == {"at": 1.0, "ramp": 2.0}
+    assert dht["start"] == {"at": 0.0, "ramp": 0.0, "after": None}
+    assert servers["start"] == {"at": 1.0, "ramp": 2.0, "after": None}
     assert servers["server"]["experts"] == "ffn.[0:2].[0:2]"
     assert servers["server"]["expert_cls"] == "ffn" and servers["server"]["replicate"] is False
     assert servers["server"]["announce_period"] == 10.0

@@ -40,18 +40,27 @@ def test_outputs_and_gradients_equal_the_blocks_run_locally(world: World) -> Non
             x = torch.randn(5, HIDDEN, requires_grad=True)
             target = torch.randn(5, HIDDEN)
 
+            def evaluate() -> torch.Tensor:  # no gradient wanted: the chain keeps no block's inputs
+                with torch.no_grad():
+                    return chain(x)
+
+            evaluated = await client.host.compute(evaluate)  # before any backward trains the blocks
+            assert not evaluated.requires_grad
+
             def step() -> torch.Tensor:
                 out = chain(x)
                 (out * target).sum().backward()
                 return out.detach()
 
             out = await client.host.compute(step)
+            torch.testing.assert_close(evaluated, out, atol=1e-6, rtol=0)
             grad = x.grad.clone()
             x.grad = None
             expected = local_chain(twins, x)
             (expected * target).sum().backward()
             torch.testing.assert_close(out, expected.detach(), atol=1e-5, rtol=0)
             torch.testing.assert_close(grad, x.grad, atol=1e-5, rtol=0)
+
             assert chain.stats["failed_calls"] == 0
 
     world.run(main)

@@ -269,12 +269,17 @@ def test_compute_charges_virtual_time_and_can_call_the_network_from_sync_code() 
                 return remote.value
 
             started = trio.current_time()
-            value = await trainer.compute(training_step, torch.ones(10), flops=5e8)
+            value = await trainer.compute(training_step, torch.ones(10))
+            await trainer.compute(lambda: None, flops=5e8)  # its cost, announced
+            # Work announced with flops runs on the loop's thread: it cannot call the network.
+            with pytest.raises(RuntimeError, match="not in work announced with flops"):
+                await trainer.compute(training_step, torch.ones(10), flops=5e8)
             return trio.current_time() - started, 0.0, value
 
     elapsed, _, value = run_simulation(main, latency=0.01)
     assert value == 21
-    # connect (2 x 10 ms) + call (2 x 10 ms) + 0.5 s of charged compute
+    # connect (2 x 10 ms) + call (2 x 10 ms) + 0.5 s of charged compute (the refused one is charged
+    # nothing: it failed before its end)
     assert elapsed == pytest.approx(0.54, abs=0.003)
 
 

@@ -5,6 +5,7 @@ with the field path of the setting at fault."""
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 from simulator.scenario.devices import PRESETS
@@ -20,6 +21,34 @@ def dataset_spec(dataset: str, base_dir: Path) -> str:
     if dataset.startswith("mnist:"):
         return f"mnist:{base_dir / dataset.partition(':')[2]}"
     return dataset
+
+
+def _check_phases(scenario: Scenario, fail: Callable[[str, str], None]) -> None:
+    """``start.after`` names a trainer group that ends (it has ``steps``), and no loop of them;
+    ``end_when_trained`` needs every trainer group to end."""
+    by_name = {group.name: group for group in scenario.groups}
+    for index, group in enumerate(scenario.groups):
+        after, path = group.start.after, f"groups[{index}].start.after"
+        if after is None:
+            continue
+        other = by_name.get(after)
+        if other is None:
+            fail(path, f"no group {after!r} (groups: {_names(by_name)})")
+        assert other is not None
+        if other.trainer is None or other.trainer.steps is None:
+            fail(path, f"group {after!r} never finishes: only a trainer group with steps does")
+        seen = {group.name}
+        while other is not None and other.start.after is not None:
+            if other.name in seen:
+                fail(path, f"groups wait for each other in a loop ({' -> '.join([*seen, other.name])})")
+            seen.add(other.name)
+            other = by_name.get(other.start.after)
+    if scenario.end_when_trained:
+        endless = [g.name for g in scenario.groups if g.trainer is not None and g.trainer.steps is None]
+        if endless:
+            fail("end_when_trained", f"trainer groups without steps never finish: {_names(endless)}")
+        if not any(g.trainer is not None for g in scenario.groups):
+            fail("end_when_trained", "the scenario has no trainers to wait for")
 
 
 def check_scenario(scenario: Scenario, file: str, *, base_dir: Path) -> None:
@@ -99,6 +128,7 @@ def check_scenario(scenario: Scenario, file: str, *, base_dir: Path) -> None:
                     fail(f"{path}.trainer.dataset", str(exc))
             if group.trainer.hidden_dim <= 0:
                 fail(f"{path}.trainer.hidden_dim", "must be positive")
+    _check_phases(scenario, fail)
     if not any(g.role in ("dht", "server") and g.inbound and g.count > 0 for g in scenario.groups):
         fail(
             "groups",

@@ -3,6 +3,7 @@ given to run with."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ class Member:
     region: str | None
     alive: bool = False
     ready: bool = False  # its services are up (a DHT node joined, a server announced)
+    started: bool = False  # it has had a session (a member waiting for its start has not)
+    trained: bool = False  # a trainer that has taken its steps in this session
     session_started: float = 0.0
     stopped: trio.Event = field(default_factory=trio.Event)
     #: The running part of its code, after its services started: cancelled to leave gracefully.
@@ -48,6 +51,8 @@ class RoleContext:
     recorder: Recorder
     families: frozenset[str]
     interval: float
+    #: Called when a trainer has taken its steps (the run may end, or its next phase start).
+    on_trained: Callable[[Member], None] = lambda member: None
 
 
 __all__ = ["Member", "RoleContext"]

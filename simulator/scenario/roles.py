@@ -92,6 +92,8 @@ async def run_member(run: RoleContext, member: Member, peers: list[str]) -> None
         with member.body:
             if trainer is not None:
                 await trainer.run_async()
+                member.trained = True
+                run.on_trained(member)
             await trio.sleep_forever()  # trained its steps: stays in the swarm, idle
 
 

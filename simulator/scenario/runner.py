@@ -83,7 +83,13 @@ class ScenarioRun:
             recorder=self.recorder,
             families=frozenset(scenario.metrics.record),
             interval=scenario.metrics.interval,
+            on_trained=lambda member: self._check_finished(),
         )
+        #: Trainer groups that others wait for (``start.after``), set once every member is done.
+        self._finished: dict[str, trio.Event] = {
+            group.start.after: trio.Event() for group in scenario.groups if group.start.after is not None
+        }
+        self._end = trio.CancelScope()  # cancelled to end the run early (``end_when_trained``)
         self._declare_metrics()
 
     # ----- building the world ---------------------------------------------------------------------
@@ -355,7 +361,7 @@ class ScenarioRun:
         host = member.host
         if not host.up:
             host.restart()
-        member.alive, member.ready = True, False
+        member.alive, member.ready, member.started, member.trained = True, False, True, False
         member.session_started = trio.current_time()
         member.stopped = trio.Event()
         member.body = trio.CancelScope()
@@ -397,12 +403,30 @@ class ScenarioRun:
             with trio.move_on_after(30):
                 await member.stopped.wait()
         member.host.crash()
+        self._check_finished()
 
     # ----- churn ----------------------------------------------------------------------------------
+
+    def _done(self, group: str) -> bool:
+        """Every member of the trainer group has taken its steps or is gone."""
+        return all(m.trained or (m.started and not m.alive) for m in self.by_group[group])
+
+    def _check_finished(self) -> None:
+        """Start the phases whose group is done; end the run if every trainer is (and it should)."""
+        for group, event in self._finished.items():
+            if not event.is_set() and self._done(group):
+                event.set()
+        trainers = [g.name for g in self.scenario.groups if g.trainer is not None]
+        if self.scenario.end_when_trained and not self._end.cancel_called and all(map(self._done, trainers)):
+            self.notes.append(f"{trio.current_time():.1f} s: every trainer has taken its steps: the run ends")
+            self._end.cancel()
 
     async def _churn(self, member: Member, start_at: float) -> None:
         group = member.group
         churn = group.churn
+        if group.start.after is not None:  # the start counts from the end of the group's phase
+            await self._finished[group.start.after].wait()
+            start_at += trio.current_time()
         await _sleep_until(start_at)
         if churn is None:
             self._start_member(member)
@@ -643,9 +667,10 @@ class ScenarioRun:
             for i, member in enumerate(members):
                 offset = ramp * i / len(members) if ramp else 0.0
                 start_at = group.start.at + offset
-                if member is not first and group.start.at == 0 and not ramp:
+                if member is not first and group.start.at == 0 and not ramp and group.start.after is None:
                     start_at = max(start_at, 1.0)  # let the first node come up
                 nursery.start_soon(self._churn, member, start_at)
+        self._check_finished()  # a group of no members is done from the start
         for number, fault in enumerate(scenario.faults):
             nursery.start_soon(self._fault, number, fault)
         nursery.start_soon(self._sample_forever)
@@ -653,7 +678,8 @@ class ScenarioRun:
             nursery.start_soon(self._probe)
         if "grid" in families and any(g.role == "trainer" for g in scenario.groups):
             nursery.start_soon(self._grid_probe)
-        await self._advance(scenario.duration)
+        with self._end:
+            await self._advance(scenario.duration)
         self._sample(trio.current_time())
 
     async def _advance(self, duration: float) -> None:

@@ -210,10 +210,13 @@ class Device(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class Start(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """When a group's members start: at ``at``, spread evenly over ``ramp``."""
+    """When a group's members start: at ``at``, spread evenly over ``ramp``; with ``after``, ``at``
+    counts from the moment every member of that trainer group has taken its ``steps`` (or is gone):
+    one phase of a run after another, whatever each phase's speed."""
 
     at: Duration = Duration(0.0)
     ramp: Duration = Duration(0.0)
+    after: str | None = None
 
 
 class Churn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -534,6 +537,9 @@ class Scenario(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     warmup: Duration = Duration(0.0)
     #: Virtual-time resolution of message delivery.
     tick: Duration = Duration(0.001)
+    #: End the run as soon as every trainer has taken its ``steps`` (or is gone), ``duration`` being
+    #: the limit: a run whose speed depends on what it measures takes no longer than it needs.
+    end_when_trained: bool = False
     network: Network = msgspec.field(default_factory=Network)
     groups: list[Group]
     faults: list[Fault] = []

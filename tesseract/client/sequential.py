@@ -79,8 +79,11 @@ class RemoteSequential(nn.Module):
             )
         except InvalidBatch as exc:
             raise ValueError(str(exc)) from None
-        outputs = _ChainCall.apply(self, DUMMY, *inputs)
-        return outputs[0] if len(outputs) == 1 else outputs
+        if torch.is_grad_enabled():
+            outputs = _ChainCall.apply(self, DUMMY, *inputs)
+        else:  # no backward will come: keep no block's inputs (224 of them in the paper's chain)
+            outputs, _ = self.client.run(self._forward_only, [t.detach() for t in inputs])
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     # ----- on the client's loop ------------------------------------------------------------------
 
@@ -113,8 +116,11 @@ class RemoteSequential(nn.Module):
         self._checked = infos
         return infos
 
-    async def forward_async(self, inputs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[Any]]:
-        """The chain's outputs, and for each block (its inputs, the endpoint that ran it)."""
+    async def forward_async(
+        self, inputs: list[torch.Tensor], *, keep: bool = True
+    ) -> tuple[list[torch.Tensor], list[Any]]:
+        """The chain's outputs, and for each block (its inputs, the endpoint that ran it): what
+        ``backward_async`` needs; an empty list with ``keep=False``."""
         saved = []
         for uid, info in zip(self.uids, await self.check_chain(), strict=True):
 
@@ -126,9 +132,13 @@ class RemoteSequential(nn.Module):
                 )
 
             outputs, endpoint = await self._on_some_replica(uid, call)
-            saved.append((inputs, endpoint))
+            if keep:
+                saved.append((inputs, endpoint))
             inputs = outputs
         return inputs, saved
+
+    async def _forward_only(self, inputs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[Any]]:
+        return await self.forward_async(inputs, keep=False)
 
     async def backward_async(self, saved: list[Any], grads: list[torch.Tensor]) -> list[torch.Tensor]:
         """The gradients of the chain's inputs, each block's backward on the replica that ran it."""

@@ -129,8 +129,9 @@ def run(options: argparse.Namespace) -> int:
     except TrainingStalled as exc:
         print(f"error: training stopped: {exc}", file=sys.stderr)
         return 1
+    accuracy = "-" if summary["final_test_accuracy"] is None else f"{summary['final_test_accuracy']:.4f}"
     say(
-        f"done: test accuracy {summary['final_test_accuracy']:.4f} after {summary['steps']} steps, "
+        f"done: test accuracy {accuracy} after {summary['steps']} steps, "
         f"{summary['samples_per_s']:.0f} samples/s, {summary['failed_calls']} of "
         f"{summary['expert_calls']} expert calls failed"
     )

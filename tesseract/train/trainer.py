@@ -168,7 +168,8 @@ class Trainer:
             finished = issued >= total or epoch == config.epochs
             if finished and self.averager is not None and config.average_settle > 0:
                 yield (lambda: self.averager.settle(config.average_settle)), 0.0
-            yield (lambda epoch=epoch: self._evaluate_epoch(epoch, total)), per_sample * len(data.test_y)
+            if len(data.test_y):  # a data set without a test split (synthetic) has nothing to measure
+                yield (lambda epoch=epoch: self._evaluate_epoch(epoch, total)), per_sample * len(data.test_y)
             if finished:
                 break
         if self._bar is not None:
@@ -312,7 +313,8 @@ class Trainer:
     def summary(self) -> dict[str, Any]:
         calls = sum(m.stats["forward_calls"] + m.stats["backward_calls"] for m in self.mixtures)
         return {
-            "final_test_accuracy": self.state.test_accuracy[-1] if self.state.test_accuracy else 0.0,
+            # None: no test pass ran (a data set without a test split, or no epoch ended).
+            "final_test_accuracy": self.state.test_accuracy[-1] if self.state.test_accuracy else None,
             "test_accuracy_per_epoch": self.state.test_accuracy,
             "steps": self.state.steps,
             "failed_steps": self.state.failed_steps,
