@@ -131,6 +131,7 @@ def run_and_report(scenario, base_dir: Path, out: Path, *, progress: bool) -> in
 
 def _sweep(options: argparse.Namespace, overrides: list[str]) -> int:
     import subprocess
+    import time
 
     from simulator.scenario.errors import ScenarioError
     from simulator.scenario.load import load_scenario
@@ -177,11 +178,14 @@ def _sweep(options: argparse.Namespace, overrides: list[str]) -> int:
                 command += ["--set", item]
             log = open(folder.with_suffix(".log"), "w")  # noqa: SIM115 - closed when the process ends
             running.append((value, folder, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)))
-            print(f"started {path}={value} -> {folder}")
-        value, folder, process = running.pop(0)
-        code = process.wait()
-        failed += code != 0
-        print(f"finished {path}={value}: exit {code}")
+            print(f"started {path}={value} -> {folder}", flush=True)
+        while not (done := [entry for entry in running if entry[2].poll() is not None]):
+            time.sleep(0.2)  # whichever ends first frees its slot: points differ in cost
+        for entry in done:
+            running.remove(entry)
+            value, folder, process = entry
+            failed += process.returncode != 0
+            print(f"finished {path}={value}: exit {process.returncode}", flush=True)
     summaries = []
     for index, (value, _, _) in enumerate(points):
         report = out / f"point-{index:02d}" / "report.json"

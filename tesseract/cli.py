@@ -7,6 +7,7 @@ torch, so a DHT-only process starts fast, and torch loads only once a command th
 from __future__ import annotations
 
 import argparse
+import os
 import runpy
 import sys
 from collections.abc import Sequence
@@ -47,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (``tesseract sim validate FILE | head -1``): not worth a traceback.
+        # Python would fail again flushing stdout at exit, so point it at nothing first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     die_with_parent()
     parser = build_parser()
     options = parser.parse_args(argv)

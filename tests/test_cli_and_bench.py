@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,26 @@ def test_python_dash_m_tesseract_matches_the_command() -> None:
     assert result.returncode == 0 and result.stdout.startswith("tesseract-moe ")
     result = run("-m", "tesseract", "--help")
     assert result.returncode == 0 and "bench" in result.stdout
+
+
+def test_output_cut_short_by_its_reader_ends_without_a_traceback() -> None:
+    """``tesseract sim validate FILE | head -1``: the reader closes the pipe before the command
+    writes; the command stops quietly."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "tesseract", "sim", "validate", "scenarios/quickstart.yaml"],
+            cwd=ROOT,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr
 
 
 def test_a_dht_node_starts_without_loading_torch() -> None:
