@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
     run.add_argument("--out", type=Path, default=None, help="report folder (default runs/NAME-SEED)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--base-dir",
+        type=Path,
+        default=None,
+        help="where the file's relative paths (data sets, traces) start (default: the file's folder)",
+    )
     sweep = actions.add_parser("sweep", help="run a scenario for each value of a parameter, in parallel")
     _common(sweep)
     sweep.add_argument(
@@ -66,7 +72,8 @@ def run(options: argparse.Namespace) -> int:
         print(describe(scenario))
         return 0
     out = options.out or Path("runs") / f"{scenario.name}-{scenario.seed}"
-    return run_and_report(scenario, options.scenario.parent, out, progress=not options.no_progress)
+    base_dir = options.base_dir or options.scenario.parent
+    return run_and_report(scenario, base_dir, out, progress=not options.no_progress)
 
 
 def describe(scenario) -> str:
@@ -130,6 +137,7 @@ def run_and_report(scenario, base_dir: Path, out: Path, *, progress: bool) -> in
 
 
 def _sweep(options: argparse.Namespace, overrides: list[str]) -> int:
+    import shutil
     import subprocess
     import time
 
@@ -163,6 +171,10 @@ def _sweep(options: argparse.Namespace, overrides: list[str]) -> int:
     name = points[0][2].name
     out = options.out or Path("runs") / f"{name}-sweep"
     out.mkdir(parents=True, exist_ok=True)
+    # The points run from a copy: a file edited while a long sweep runs must not change its later points.
+    snapshot = out / options.scenario.name
+    if snapshot.resolve() != options.scenario.resolve():
+        shutil.copyfile(options.scenario, snapshot)
     running: list[tuple[str, Path, subprocess.Popen]] = []
     failed = 0
     pending = list(points)
@@ -171,8 +183,8 @@ def _sweep(options: argparse.Namespace, overrides: list[str]) -> int:
         while pending and len(running) < jobs:
             value, point_overrides, _ = pending.pop(0)
             folder = out / f"point-{len(points) - len(pending) - 1:02d}"
-            command = [sys.executable, "-m", "tesseract", "sim", "run", str(options.scenario)]
-            command += ["--out", str(folder), "--no-progress"]
+            command = [sys.executable, "-m", "tesseract", "sim", "run", str(snapshot)]
+            command += ["--base-dir", str(options.scenario.parent), "--out", str(folder), "--no-progress"]
             command += ["--profile", options.profile] if options.profile else []
             for item in point_overrides:
                 command += ["--set", item]

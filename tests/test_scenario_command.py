@@ -63,6 +63,21 @@ def test_a_sweep_runs_each_value_and_plots_each_metric_against_it(tmp_path: Path
     assert plot.read_bytes().startswith(PNG_MAGIC)
 
 
+def test_a_sweep_runs_its_points_from_the_file_as_it_was_when_it_started(tmp_path: Path) -> None:
+    """Editing the file while a sweep runs changes none of its points: they run from a copy."""
+    scenario, out = _scenario(tmp_path, "20 s"), tmp_path / "sweep"
+    process = _sim("sweep", str(scenario), "--param", "seed=1,2", "--jobs", "1", "--out", str(out))
+    deadline = time.monotonic() + 60
+    while not (out / "point-00").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    scenario.write_text("duration: [not, a, duration]\n")  # the user edits it, badly
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stdout + stderr
+    for point in ("point-00", "point-01"):  # the second started after the edit
+        report = json.loads((out / point / "report.json").read_text())
+        assert report["complete"] is True and report["scenario_resolved"]["duration"] == 20.0
+
+
 def test_a_sweep_with_a_bad_value_runs_nothing(tmp_path: Path) -> None:
     scenario, out = _scenario(tmp_path, "40 s"), tmp_path / "sweep"
     process = _sim("sweep", str(scenario), "--param", "network.latency=10 ms,fast", "--out", str(out))
