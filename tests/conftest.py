@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -10,6 +11,12 @@ settings.register_profile(
 )
 settings.register_profile("ci", parent=settings.get_profile("default"), derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+# Started as a background job (`.ci/run &`, nohup), the suite inherits SIGINT ignored, and so would
+# every process a test starts: the Ctrl+C tests would send a signal that nobody takes. A handled
+# signal is reset to the default in a child, so taking it here gives each child a Ctrl+C again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(params=["real", "sim"])
