@@ -63,8 +63,11 @@ def run(options: argparse.Namespace) -> int:
         overrides.append(f"seed={options.seed}")
     if options.sim_command == "sweep":
         return _sweep(options, overrides)
+    base_dir = getattr(options, "base_dir", None) or options.scenario.parent
     try:
-        scenario = load_scenario(options.scenario, profile=options.profile, overrides=overrides)
+        scenario = load_scenario(
+            options.scenario, profile=options.profile, overrides=overrides, base_dir=base_dir
+        )
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -72,7 +75,6 @@ def run(options: argparse.Namespace) -> int:
         print(describe(scenario))
         return 0
     out = options.out or Path("runs") / f"{scenario.name}-{scenario.seed}"
-    base_dir = options.base_dir or options.scenario.parent
     return run_and_report(scenario, base_dir, out, progress=not options.no_progress)
 
 
@@ -145,6 +147,7 @@ def _sweep(options: argparse.Namespace, overrides: list[str]) -> int:
     from simulator.scenario.load import load_scenario
 
     points = []
+    base_dir = options.scenario.parent
     try:
         if options.param is None:
             base = load_scenario(options.scenario, profile=options.profile, overrides=overrides)
@@ -170,11 +173,11 @@ def _sweep(options: argparse.Namespace, overrides: list[str]) -> int:
         return 2
     name = points[0][2].name
     out = options.out or Path("runs") / f"{name}-sweep"
-    out.mkdir(parents=True, exist_ok=True)
-    # The points run from a copy: a file edited while a long sweep runs must not change its later points.
-    snapshot = out / options.scenario.name
-    if snapshot.resolve() != options.scenario.resolve():
-        shutil.copyfile(options.scenario, snapshot)
+    # The points run from a copy, taken now: a file edited while a long sweep runs must not change
+    # its later points. In a folder of its own, so that it can never be the file itself.
+    snapshot = out / "scenario" / options.scenario.name
+    snapshot.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(options.scenario, snapshot)
     running: list[tuple[str, Path, subprocess.Popen]] = []
     failed = 0
     pending = list(points)
@@ -184,7 +187,7 @@ def _sweep(options: argparse.Namespace, overrides: list[str]) -> int:
             value, point_overrides, _ = pending.pop(0)
             folder = out / f"point-{len(points) - len(pending) - 1:02d}"
             command = [sys.executable, "-m", "tesseract", "sim", "run", str(snapshot)]
-            command += ["--base-dir", str(options.scenario.parent), "--out", str(folder), "--no-progress"]
+            command += ["--base-dir", str(base_dir), "--out", str(folder), "--no-progress"]
             command += ["--profile", options.profile] if options.profile else []
             for item in point_overrides:
                 command += ["--set", item]

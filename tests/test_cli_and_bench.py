@@ -46,6 +46,8 @@ def test_output_cut_short_by_its_reader_ends_without_a_traceback() -> None:
             stderr=subprocess.PIPE,
             text=True,
             timeout=120,
+            # Buffered, as in a shell: the write fails only when the output is flushed.
+            env={key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"},
         )
     finally:
         os.close(write)

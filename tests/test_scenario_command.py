@@ -64,8 +64,13 @@ def test_a_sweep_runs_each_value_and_plots_each_metric_against_it(tmp_path: Path
 
 
 def test_a_sweep_runs_its_points_from_the_file_as_it_was_when_it_started(tmp_path: Path) -> None:
-    """Editing the file while a sweep runs changes none of its points: they run from a copy."""
+    """Editing the file while a sweep runs changes none of its points: they run from a copy, whose
+    relative paths (here a churn trace) still start from the file's own folder."""
     scenario, out = _scenario(tmp_path, "20 s"), tmp_path / "sweep"
+    (tmp_path / "sessions.csv").write_text("".join(f"{i},0 s,30 s\n" for i in range(12)))
+    text = scenario.read_text().replace('start: {ramp: "2 s"}', "churn: {trace: sessions.csv}")
+    assert "sessions.csv" in text
+    scenario.write_text(text)
     process = _sim("sweep", str(scenario), "--param", "seed=1,2", "--jobs", "1", "--out", str(out))
     deadline = time.monotonic() + 60
     while not (out / "point-00").exists() and time.monotonic() < deadline:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from simulator.scenario.devices import PRESETS
 from simulator.scenario.errors import ScenarioError
-from simulator.scenario.schema import Scenario
+from simulator.scenario.schema import Group, Scenario
 from simulator.scenario.units import parse_duration
 from tesseract.expert_uid import parse_uid
 from tesseract.server.options import expand_experts
@@ -24,9 +24,19 @@ def dataset_spec(dataset: str, base_dir: Path) -> str:
 
 
 def _check_phases(scenario: Scenario, fail: Callable[[str, str], None]) -> None:
-    """``start.after`` names a trainer group that ends (it has ``steps``), and no loop of them;
-    ``end_when_trained`` needs every trainer group to end."""
+    """``start.after`` names a trainer group that ends (it has ``steps`` and no churn), the group the
+    DHT starts from waits for nobody, and no groups wait in a loop; ``end_when_trained`` needs
+    trainers, each group of them one that ends. (A member counts as done once it has taken its steps
+    or is down; one that a fault brings back later does not reopen its phase.)"""
     by_name = {group.name: group for group in scenario.groups}
+
+    def never_ends(group: Group) -> str | None:
+        if group.trainer is None or group.trainer.steps is None:
+            return "only a trainer group with steps does"
+        if group.churn is not None:
+            return "its members come and go"
+        return None
+
     for index, group in enumerate(scenario.groups):
         after, path = group.start.after, f"groups[{index}].start.after"
         if after is None:
@@ -35,19 +45,24 @@ def _check_phases(scenario: Scenario, fail: Callable[[str, str], None]) -> None:
         if other is None:
             fail(path, f"no group {after!r} (groups: {_names(by_name)})")
         assert other is not None
-        if other.trainer is None or other.trainer.steps is None:
-            fail(path, f"group {after!r} never finishes: only a trainer group with steps does")
-        seen = {group.name}
+        if (reason := never_ends(other)) is not None:
+            fail(path, f"group {after!r} never finishes: {reason}")
+        chain = [group.name]
         while other is not None and other.start.after is not None:
-            if other.name in seen:
-                fail(path, f"groups wait for each other in a loop ({' -> '.join([*seen, other.name])})")
-            seen.add(other.name)
+            if other.name in chain:
+                fail(path, f"groups wait for each other in a loop ({' -> '.join([*chain, other.name])})")
+            chain.append(other.name)
             other = by_name.get(other.start.after)
+    first = next((g for g in scenario.groups if g.role in ("dht", "server") and g.inbound and g.count), None)
+    if first is not None and first.start.after is not None:
+        where = f"groups[{scenario.groups.index(first)}].start.after"
+        fail(where, "the DHT starts from this group's first member: it cannot wait for trainers")
     if scenario.end_when_trained:
-        endless = [g.name for g in scenario.groups if g.trainer is not None and g.trainer.steps is None]
-        if endless:
-            fail("end_when_trained", f"trainer groups without steps never finish: {_names(endless)}")
-        if not any(g.trainer is not None for g in scenario.groups):
+        trainers = [g for g in scenario.groups if g.trainer is not None]
+        for group in trainers:
+            if (reason := never_ends(group)) is not None:
+                fail("end_when_trained", f"trainer group {group.name!r} never finishes: {reason}")
+        if not any(g.count for g in trainers):
             fail("end_when_trained", "the scenario has no trainers to wait for")
 
 

@@ -37,10 +37,15 @@ _Loader.add_implicit_resolver(
 
 
 def load_scenario(
-    file: str | Path, *, profile: str | None = None, overrides: list[str] | tuple[str, ...] = ()
+    file: str | Path,
+    *,
+    profile: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base_dir: Path | None = None,
 ) -> Scenario:
     """The scenario in ``file``, with a profile's and then ``overrides``' values (``path=value``)
-    applied, decoded and checked. ``ScenarioError`` for anything wrong."""
+    applied, decoded and checked (relative paths in it from ``base_dir``, the file's folder unless
+    given). ``ScenarioError`` for anything wrong."""
     file = Path(file)
     name = str(file)
     try:
@@ -68,7 +73,7 @@ def load_scenario(
             value = text_value
         apply_override(raw, path.strip(), value, name, origin="--set")
     scenario = decode(raw, name)
-    check_scenario(scenario, name, base_dir=file.parent)
+    check_scenario(scenario, name, base_dir=base_dir or file.parent)
     if not scenario.name:
         scenario.name = file.stem
     return scenario
