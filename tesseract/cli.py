@@ -53,7 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # here, not at exit: a reader that went away shows now
         return code
     except BrokenPipeError:
-        if not _stdout_is_gone():
+        from tesseract.net.real import stdout_reader_gone
+
+        if not stdout_reader_gone():
             raise  # a pipe to something else: a real error
         # The reader went away (``tesseract sim validate FILE | head -1``): not worth a traceback.
         # Python would fail again flushing stdout at exit, so point it at nothing first.
@@ -61,18 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 1
-
-
-def _stdout_is_gone() -> bool:
-    """Whether stdout is a pipe whose reader has closed it."""
-    import select
-
-    try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

@@ -345,6 +345,18 @@ async def _release_freed_memory_periodically() -> None:
             logger.exception("releasing freed memory failed")
 
 
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (``tesseract ... | head -1``)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def raise_open_file_limit() -> int | None:
     """Raise this process's soft limit on open descriptors to its hard limit; return the soft limit.
 
