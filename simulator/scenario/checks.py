@@ -23,6 +23,14 @@ def dataset_spec(dataset: str, base_dir: Path) -> str:
     return dataset
 
 
+def dht_bootstrap_group(scenario: Scenario) -> Group | None:
+    """The group whose first member starts the DHT (everyone else joins through someone): the first
+    with members that runs a DHT node and accepts inbound connections."""
+    return next(
+        (g for g in scenario.groups if g.role in ("dht", "server") and g.inbound and g.count > 0), None
+    )
+
+
 def _check_phases(scenario: Scenario, fail: Callable[[str, str], None]) -> None:
     """``start.after`` names a trainer group that ends (it has ``steps`` and no churn), the group the
     DHT starts from waits for nobody, and no groups wait in a loop; ``end_when_trained`` needs
@@ -53,7 +61,7 @@ def _check_phases(scenario: Scenario, fail: Callable[[str, str], None]) -> None:
                 fail(path, f"groups wait for each other in a loop ({' -> '.join([*chain, other.name])})")
             chain.append(other.name)
             other = by_name.get(other.start.after)
-    first = next((g for g in scenario.groups if g.role in ("dht", "server") and g.inbound and g.count), None)
+    first = dht_bootstrap_group(scenario)
     if first is not None and first.start.after is not None:
         where = f"groups[{scenario.groups.index(first)}].start.after"
         fail(where, "the DHT starts from this group's first member: it cannot wait for trainers")
@@ -144,7 +152,7 @@ def check_scenario(scenario: Scenario, file: str, *, base_dir: Path) -> None:
             if group.trainer.hidden_dim <= 0:
                 fail(f"{path}.trainer.hidden_dim", "must be positive")
     _check_phases(scenario, fail)
-    if not any(g.role in ("dht", "server") and g.inbound and g.count > 0 for g in scenario.groups):
+    if dht_bootstrap_group(scenario) is None:
         fail(
             "groups",
             "no DHT node to bootstrap from: add a dht or server group that accepts inbound connections",
@@ -259,4 +267,4 @@ def _names(items: object) -> str:
     return ", ".join(map(str, sorted(items))) or "none"  # type: ignore[call-overload]
 
 
-__all__ = ["check_scenario", "trace_member"]
+__all__ = ["check_scenario", "dht_bootstrap_group", "trace_member"]

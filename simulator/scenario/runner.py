@@ -24,7 +24,7 @@ from simulator.compute import DeviceProfile
 from simulator.distributions import Distribution, Jittered, as_distribution
 from simulator.links import LinkProfile
 from simulator.network import SimNetwork, SimulationDeadlock, run_simulation
-from simulator.scenario.checks import trace_member
+from simulator.scenario.checks import dht_bootstrap_group, trace_member
 from simulator.scenario.devices import PRESETS
 from simulator.scenario.members import Member, RoleContext
 from simulator.scenario.metrics import Recorder
@@ -660,7 +660,9 @@ class ScenarioRun:
         nursery = network.nursery
         assert nursery is not None
         # The first DHT-capable member starts alone: everyone else joins through someone.
-        first = next(m for m in self.members if m.group.role in ("dht", "server") and m.group.inbound)
+        bootstrap = dht_bootstrap_group(scenario)
+        assert bootstrap is not None  # checked at load
+        first = self.by_group[bootstrap.name][0]
         for group in scenario.groups:
             members = self.by_group[group.name]
             ramp = group.start.ramp

@@ -16,6 +16,7 @@ outputs must be block i+1's inputs, or a ``ValueError`` names the two blocks.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,7 +83,8 @@ class RemoteSequential(nn.Module):
         if torch.is_grad_enabled():
             outputs = _ChainCall.apply(self, DUMMY, *inputs)
         else:  # no backward will come: keep no block's inputs (224 of them in the paper's chain)
-            outputs, _ = self.client.run(self._forward_only, [t.detach() for t in inputs])
+            forward_only = functools.partial(self.forward_async, keep=False)
+            outputs, _ = self.client.run(forward_only, [t.detach() for t in inputs])
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     # ----- on the client's loop ------------------------------------------------------------------
@@ -136,9 +138,6 @@ class RemoteSequential(nn.Module):
                 saved.append((inputs, endpoint))
             inputs = outputs
         return inputs, saved
-
-    async def _forward_only(self, inputs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[Any]]:
-        return await self.forward_async(inputs, keep=False)
 
     async def backward_async(self, saved: list[Any], grads: list[torch.Tensor]) -> list[torch.Tensor]:
         """The gradients of the chain's inputs, each block's backward on the replica that ran it."""
